@@ -1,0 +1,80 @@
+"""Default hyper-parameters: the classic SSL recipe (FixMatch/USB) with LayerMatch.
+
+Every dataset config starts from this one and changes what differs. Used alone it
+describes CIFAR-10 with 40 labels and WRN-28-2:
+
+  python -m layermatch_jax.main --config=configs/default.py --workdir=DIR
+
+Expected runtime and accuracy: not measured yet (2^20 steps; days on one GPU).
+
+Keys whose value is a placeholder (None) are filled from the `algorithm` preset
+unless set explicitly, e.g. `--config.algorithm=fixmatch
+--config.layermatch.cluster_weight=1.0` is FixMatch plus Avg-Clustering.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  # 'supervised' | 'fixmatch' | 'layermatch'. See algorithms/presets.py.
+  config.algorithm = 'layermatch'
+
+  config.num_train_steps = 2**20
+  config.eval_every_steps = 5000
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 5000
+
+  config.batch_size = 64  # Labeled images per step, over all devices.
+  config.uratio = 7  # mu: unlabeled images per labeled image.
+  config.eval_batch_size = 256
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = 'cifar10'
+  config.data.dir = config_dict.placeholder(str)
+  config.data.num_labels = 40  # Total labeled images, class-balanced.
+  config.data.split_file = config_dict.placeholder(str)
+  config.data.image_size = 32
+  config.data.download = False
+  config.data.skip_bad_files = False
+  # Per-channel normalisation applied on device after augmentation ([0, 1] scale).
+  config.data.mean = (0.4914, 0.4822, 0.4465)
+  config.data.std = (0.2471, 0.2435, 0.2616)
+
+  config.augment = ml_collections.ConfigDict()
+  config.augment.pad_fraction = 0.125  # Weak view: reflect-pad crop.
+  config.augment.num_ops = 2  # Strong view: RandAugment ops per image.
+  config.augment.cutout_fraction = 0.5  # Strong view: Cutout side, max share of the image side.
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = 'wrn28_2'  # See models/__init__.py for the registry.
+  config.model.dtype = 'float32'  # 'bfloat16' computes in bf16, keeps float32 parameters.
+  config.model.bn_momentum = 0.999
+  config.model.bn_epsilon = 1e-3
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.learning_rate = 0.03
+  config.optim.momentum = 0.9
+  config.optim.nesterov = True
+  config.optim.weight_decay = 5e-4  # Conv/dense kernels only.
+  config.optim.ema_decay = 0.999  # EMA of parameters, used for evaluation.
+
+  config.pseudo_label = ml_collections.ConfigDict()
+  config.pseudo_label.threshold = 0.95  # tau
+  config.pseudo_label.unsup_weight = config_dict.placeholder(float)  # lambda_u
+
+  config.layermatch = ml_collections.ConfigDict()
+  # alpha: share of the pseudo-label gradient the head gets (0 Grad-ReLU, 1 FixMatch).
+  config.layermatch.head_grad_scale = config_dict.placeholder(float)
+  # Separate alpha for the head bias; None means the same as head_grad_scale.
+  config.layermatch.head_bias_grad_scale = config_dict.placeholder(float)
+  config.layermatch.cluster_weight = config_dict.placeholder(float)  # lambda_c
+  config.layermatch.center_momentum = 0.999  # beta
+  config.layermatch.temperature = 0.1  # T
+
+  # Per-loss-term gradient norms (3 backward passes); the trainer computes them
+  # on logging steps only.
+  config.grad_norms_by_term = True
+  return config

@@ -1,0 +1,14 @@
+"""Pseudo-label policies: which unlabeled samples train, with which label.
+
+FixMatch's fixed threshold for now; FlexMatch/FreeMatch/SoftMatch slot in here
+with the same output: hard labels y_hat and a per-sample weight m in [0, 1].
+"""
+
+import jax
+import jax.numpy as jnp
+
+
+def fixed_threshold(probs: jax.Array, threshold: float):
+  """FixMatch: y_hat = argmax p_w, m = [max p_w >= tau]. Returns (y_hat, m)."""
+  probs = jax.lax.stop_gradient(probs)
+  return jnp.argmax(probs, axis=-1), (jnp.max(probs, axis=-1) >= threshold).astype(jnp.float32)

@@ -1,0 +1,122 @@
+"""A small API over the pure step, for notebooks and the trainer.
+
+  learner = Learner(config, num_classes=10, image_shape=(32, 32, 3))
+  state = learner.init_state()
+  state, metrics = learner.step(state, batch)         # host arrays, global batch
+  grads = learner.gradients(state, batch)             # {'sup'|'unsup'|'cluster': {'backbone', 'head'}}
+
+States returned by the Learner are replicated over its devices; `learner.host(state)`
+gives one copy as numpy arrays. Steps donate the state passed in: keep only the
+returned one.
+"""
+
+import functools
+from typing import Dict, Optional, Sequence
+
+import jax
+import numpy as np
+
+from layermatch_jax import evaluation, models, optim, parallel
+from layermatch_jax import views as views_lib
+from layermatch_jax import train_step as train_step_lib
+from layermatch_jax.state import TrainState, create_train_state
+
+
+def _is_raw_batch(batch) -> bool:
+  return 'labeled_image' in batch
+
+
+class Learner:
+  """Model, optimizer and pmapped steps built from one config."""
+
+  def __init__(self, config, num_classes: int, image_shape: Sequence[int],
+               devices: Optional[Sequence[jax.Device]] = None):
+    self.config = config
+    self.num_classes = num_classes
+    self.image_shape = tuple(image_shape)
+    self.devices = list(devices or jax.local_devices())
+    self.model = models.create_model(config.model, num_classes, axis_name=train_step_lib.AXIS)
+    self.tx = optim.make_optimizer(config.optim, config.num_train_steps)
+    self.step_config = train_step_lib.StepConfig.from_config(config, num_classes)
+    self._compiled = {}
+
+  @property
+  def num_devices(self) -> int:
+    return len(self.devices)
+
+  def init_state(self, seed: Optional[int] = None) -> TrainState:
+    """A fresh state from `seed` (default config.seed), replicated over devices."""
+    seed = self.config.seed if seed is None else seed
+    state = create_train_state(self.model, self.tx, jax.random.key(seed), self.image_shape,
+                               self.num_classes)
+    return parallel.replicate(state, self.devices)
+
+  def host(self, tree):
+    """One device's copy of a replicated tree, as host arrays."""
+    return parallel.unreplicate(tree)
+
+  def _pmapped(self, name, fn, donate_state=True):
+    if name not in self._compiled:
+      self._compiled[name] = parallel.pmap(fn, self.devices, donate_state=donate_state)
+    return self._compiled[name]
+
+  def _shard(self, batch):
+    return parallel.shard(batch, self.num_devices)
+
+  def step(self, state: TrainState, batch, grad_norms_by_term: bool = False,
+           sharded: bool = False):
+    """One train step on a global host batch (uint8 images, or ready views).
+
+    Returns the new (replicated) state and the step's metrics as floats.
+    """
+    raw = _is_raw_batch(batch)
+    fn = train_step_lib.train_step_on_batch if raw else train_step_lib.train_step
+    step_fn = self._pmapped(
+        ('step', raw, grad_norms_by_term),
+        functools.partial(fn, sc=self.step_config, grad_norms_by_term=grad_norms_by_term))
+    state, metrics = step_fn(state, batch if sharded else self._shard(batch))
+    return state, {k: float(v) for k, v in self.host(metrics).items()}
+
+  def step_fn(self, grad_norms_by_term: bool = False):
+    """The pmapped step on pre-sharded uint8 batches, for the training loop."""
+    return self._pmapped(
+        ('step', True, grad_norms_by_term),
+        functools.partial(train_step_lib.train_step_on_batch, sc=self.step_config,
+                          grad_norms_by_term=grad_norms_by_term))
+
+  def gradients(self, state: TrainState, batch) -> Dict[str, Dict[str, dict]]:
+    """This step's gradient split by loss term and subtree, without updating.
+
+    Keys 'sup', 'unsup', 'cluster' (each weighted as in the total loss, with the
+    head's pseudo-label share already scaled by alpha) and 'total'.
+    """
+    sc = self.step_config
+
+    def grads_fn(st, b):
+      views = views_lib.make_views(st.rng, st.step, b, sc) if _is_raw_batch(b) else b
+      return train_step_lib.term_gradients(st, views, sc)[0]
+
+    grads = self.host(self._pmapped(('grads', _is_raw_batch(batch)), grads_fn,
+                                    donate_state=False)(state, self._shard(batch)))
+    grads['total'] = jax.tree.map(lambda *g: sum(g), *[grads[t] for t in train_step_lib.TERMS])
+    return grads
+
+  def predict(self, state: TrainState, images, use_ema: bool = True) -> np.ndarray:
+    """Logits for uint8 images [N, H, W, C] (N divisible by the device count)."""
+    sc = self.step_config
+    fn = self._pmapped(('predict', use_ema), lambda st, x: evaluation.predict(
+        st, x, sc.mean, sc.std, use_ema=use_ema), donate_state=False)
+    logits = np.asarray(fn(state, self._shard(images)))
+    return logits.reshape(-1, logits.shape[-1])
+
+  def accuracy(self, state: TrainState, images, labels, batch_size: int = 512) -> float:
+    """Top-1 of the EMA parameters; pads the last batch to the device count."""
+    correct = 0
+    for start in range(0, len(images), batch_size):
+      x = images[start:start + batch_size]
+      pad = (-len(x)) % self.num_devices
+      if pad:
+        x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+      pred = self.predict(state, x).argmax(-1)[:len(x) - pad]
+      correct += int(np.sum(pred == labels[start:start + batch_size]))
+    return correct / len(images)

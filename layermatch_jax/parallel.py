@@ -1,0 +1,42 @@
+"""Data parallelism over local devices, kept behind a few small functions.
+
+Everything device-parallel goes through `pmap`, `replicate`, `unreplicate`
+and `shard`, so a later move to `jax.jit` over a mesh touches only this file.
+"""
+
+from typing import Callable, Optional, Sequence
+
+import flax.jax_utils
+import jax
+import numpy as np
+
+from layermatch_jax.train_step import AXIS
+
+
+def pmap(fn: Callable, devices: Optional[Sequence[jax.Device]] = None,
+         donate_state: bool = True) -> Callable:
+  """Maps fn(state, batch, ...) over devices; the state's buffers are donated.
+
+  After a donating call the old state is invalid: only use the returned one.
+  """
+  return jax.pmap(fn, axis_name=AXIS, devices=devices,
+                  donate_argnums=(0,) if donate_state else ())
+
+
+def replicate(tree, devices: Optional[Sequence[jax.Device]] = None):
+  return flax.jax_utils.replicate(tree, devices)
+
+
+def unreplicate(tree):
+  """The first device's copy, fetched to the host."""
+  return jax.device_get(flax.jax_utils.unreplicate(tree))
+
+
+def shard(tree, num_devices: int):
+  """Reshapes host arrays [N, ...] to [num_devices, N / num_devices, ...]."""
+  def reshape(x):
+    x = np.asarray(x)
+    if x.shape[0] % num_devices:
+      raise ValueError(f'batch of {x.shape[0]} does not split over {num_devices} devices')
+    return x.reshape(num_devices, x.shape[0] // num_devices, *x.shape[1:])
+  return jax.tree.map(reshape, tree)

@@ -1,0 +1,53 @@
+"""The train state: everything a bit-exact resume needs, in one pytree."""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+
+@flax.struct.dataclass
+class ClusterState:
+  """Avg-Clustering class centres C (K x D, float32) and their update counts."""
+  centers: jax.Array
+  counts: jax.Array  # int32 [K]: EMA updates each centre has had (0 = never).
+
+  @classmethod
+  def create(cls, num_classes: int, feature_dim: int) -> 'ClusterState':
+    return cls(centers=jnp.zeros((num_classes, feature_dim), jnp.float32),
+               counts=jnp.zeros((num_classes,), jnp.int32))
+
+
+class TrainState(train_state.TrainState):
+  """Flax TrainState plus BatchNorm statistics, parameter EMA, centres and RNG.
+
+  The centres live outside `params`, so neither `jax.grad` nor the optimizer
+  ever touches them; the step updates them by their own EMA rule.
+  """
+  batch_stats: Any
+  ema_params: Any
+  cluster: ClusterState
+  rng: jax.Array  # Base key; the step's key is fold_in(rng, step).
+
+
+def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
+                       image_shape, num_classes: int) -> TrainState:
+  """Initialises a model's variables (on the host's default device)."""
+  init_rng, state_rng = jax.random.split(rng)
+  # Evaluation-mode init: no cross-device axis is bound outside the step.
+  variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, *image_shape)), train=False))(
+      init_rng)
+  params = variables['params']
+  feature_dim = params['head']['kernel'].shape[0]
+  return TrainState.create(
+      apply_fn=model.apply,
+      params=params,
+      tx=tx,
+      batch_stats=variables['batch_stats'],
+      ema_params=jax.tree.map(jnp.copy, params),
+      cluster=ClusterState.create(num_classes, feature_dim),
+      rng=jax.random.key_data(state_rng),
+  )

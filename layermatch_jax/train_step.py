@@ -1,0 +1,229 @@
+"""The pure LayerMatch train step (DESIGN.md section 1).
+
+  L = L_s + lambda_u L_u + lambda_c L_c
+  L_s = CE(h_W(g(x_l)), y_l)
+  L_u = mean_i m_i CE(h_W~(g(x_s,i)), y_hat_i),   W~ = alpha W + (1 - alpha) sg(W)
+  L_c = mean_i m_i CE(softmax(<z_s,i, C> / T), y_hat_i)
+
+with (y_hat, m) from the weak view. One forward pass over [x_l, x_w, x_s], so
+BatchNorm sees the whole global batch (cross-device through `axis_name`).
+
+Everything here runs per device inside `jax.pmap` (or `jax.vmap`) with the axis
+named `StepConfig.axis_name` bound: gradients and metrics are averaged over it,
+centre statistics summed over it.
+"""
+
+import dataclasses
+from typing import Any, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from layermatch_jax import optim, views as views_lib
+from layermatch_jax.algorithms import avg_clustering, grad_relu, presets, pseudo_label
+from layermatch_jax.models import Classifier
+from layermatch_jax.state import TrainState
+
+AXIS = 'batch'
+TERMS = ('sup', 'unsup', 'cluster')
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """The static hyper-parameters of a step (hashable, so jit can key on it)."""
+  num_classes: int
+  learning_rate: float = 0.03
+  total_steps: int = 2**20
+  threshold: float = 0.95
+  unsup_weight: float = 1.0
+  head_grad_scale: float = 0.0
+  head_bias_grad_scale: float = 0.0
+  cluster_weight: float = 1.0
+  center_momentum: float = 0.999
+  temperature: float = 0.1
+  ema_decay: float = 0.999
+  mean: Tuple[float, ...] = (0.5, 0.5, 0.5)
+  std: Tuple[float, ...] = (0.25, 0.25, 0.25)
+  pad_fraction: float = 0.125
+  num_ops: int = 2
+  cutout_fraction: float = 0.5
+  axis_name: Optional[str] = AXIS
+
+  @classmethod
+  def from_config(cls, config, num_classes: int) -> 'StepConfig':
+    knobs = presets.resolve(config)
+    return cls(
+        num_classes=num_classes,
+        learning_rate=config.optim.learning_rate,
+        total_steps=config.num_train_steps,
+        threshold=config.pseudo_label.threshold,
+        center_momentum=config.layermatch.center_momentum,
+        temperature=config.layermatch.temperature,
+        ema_decay=config.optim.ema_decay,
+        mean=tuple(config.data.mean),
+        std=tuple(config.data.std),
+        pad_fraction=config.augment.pad_fraction,
+        num_ops=config.augment.num_ops,
+        cutout_fraction=config.augment.cutout_fraction,
+        **knobs)
+
+  @property
+  def use_unlabeled(self) -> bool:
+    return self.unsup_weight > 0 or self.cluster_weight > 0
+
+  @property
+  def use_clustering(self) -> bool:
+    return self.cluster_weight > 0
+
+  @property
+  def head_grad_scales(self) -> Dict[str, float]:
+    return {'kernel': self.head_grad_scale, 'bias': self.head_bias_grad_scale}
+
+  def learning_rate_at(self, step):
+    # The same function the optimizer (optim.py) follows.
+    return optim.fixmatch_cosine_schedule(self.learning_rate, self.total_steps)(step)
+
+
+def _pmean(x, axis_name):
+  return x if axis_name is None else jax.lax.pmean(x, axis_name)
+
+
+def _psum(x, axis_name):
+  return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def _ratio(num, den, axis_name):
+  """Global num/den over devices; NaN when nothing was counted."""
+  num, den = _psum((num, den), axis_name)
+  return jnp.where(den > 0, num / jnp.maximum(den, 1.0), jnp.nan)
+
+
+def loss_terms(params, state: TrainState, views, sc: StepConfig):
+  """The weighted loss terms (L_s, lambda_u L_u, lambda_c L_c) and aux outputs.
+
+  `views`: x_l [B,H,W,C] float, y_l [B] int, and when unlabeled data is used
+  x_w, x_s [muB,H,W,C] float and optionally y_u [muB] (hidden labels, -1 unknown).
+  """
+  head = lambda head_params, z: state.apply_fn(
+      {'params': {'head': head_params}}, z, method=Classifier.classify)
+  n_l = views['x_l'].shape[0]
+  x = views['x_l']
+  if sc.use_unlabeled:
+    x = jnp.concatenate([views['x_l'], views['x_w'], views['x_s']])
+  z, updates = state.apply_fn(
+      {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
+      mutable=['batch_stats'], method=Classifier.features)
+
+  z_l = z[:n_l]
+  loss_sup = optax.softmax_cross_entropy_with_integer_labels(
+      head(params['head'], z_l), views['y_l']).mean()
+  aux = dict(batch_stats=updates['batch_stats'], z_l=jax.lax.stop_gradient(z_l))
+  zero = jnp.zeros((), jnp.float32)
+  loss_unsup = loss_cluster = zero
+
+  if sc.use_unlabeled:
+    z_w, z_s = jnp.split(z[n_l:], 2)
+    probs_w = jax.nn.softmax(head(params['head'], jax.lax.stop_gradient(z_w)))
+    pseudo, mask = pseudo_label.fixed_threshold(probs_w, sc.threshold)
+    # Grad-ReLU: the head sees the pseudo-label loss through W~ (alpha-scaled gradient).
+    logits_s = head(grad_relu.mask_head(params['head'], sc.head_grad_scales), z_s)
+    loss_unsup = jnp.mean(
+        mask * optax.softmax_cross_entropy_with_integer_labels(logits_s, pseudo))
+    if sc.use_clustering:
+      loss_cluster = avg_clustering.cluster_loss(z_s, state.cluster, pseudo, mask,
+                                                 sc.temperature)
+    aux.update(z_w=jax.lax.stop_gradient(z_w), probs_w=probs_w, pseudo=pseudo, mask=mask)
+
+  terms = dict(sup=loss_sup, unsup=sc.unsup_weight * loss_unsup,
+               cluster=sc.cluster_weight * loss_cluster)
+  aux.update(loss_unsup=loss_unsup, loss_cluster=loss_cluster)
+  return terms, aux
+
+
+def total_loss(params, state, views, sc):
+  terms, aux = loss_terms(params, state, views, sc)
+  return terms['sup'] + terms['unsup'] + terms['cluster'], (terms, aux)
+
+
+def term_gradients(state: TrainState, views, sc: StepConfig):
+  """Per-term gradients {'sup'|'unsup'|'cluster': {'backbone', 'head'}} and aux.
+
+  One forward pass and three backward passes (one per term), averaged over
+  devices. Their sum is the step's gradient.
+  """
+  terms, vjp_fn, aux = jax.vjp(lambda p: loss_terms(p, state, views, sc), state.params,
+                               has_aux=True)
+  grads = {}
+  for name in TERMS:
+    cotangent = {k: jnp.ones_like(v) if k == name else jnp.zeros_like(v)
+                 for k, v in terms.items()}
+    grads[name] = _pmean(vjp_fn(cotangent)[0], sc.axis_name)
+  return grads, terms, aux
+
+
+def _metrics(terms, aux, views, sc: StepConfig) -> Dict[str, jax.Array]:
+  axis = sc.axis_name
+  m = dict(loss_sup=terms['sup'], loss_unsup=aux['loss_unsup'],
+           loss_cluster=aux['loss_cluster'])
+  m['loss'] = terms['sup'] + terms['unsup'] + terms['cluster']
+  m = {k: _pmean(v, axis) for k, v in m.items()}
+  if sc.use_unlabeled:
+    mask = aux['mask']
+    m['mask_ratio'] = _pmean(jnp.mean(mask), axis)
+    y_u = views.get('y_u')
+    if y_u is not None:
+      known = (y_u >= 0).astype(jnp.float32)
+      correct = (aux['pseudo'] == y_u).astype(jnp.float32) * known
+      # Of all pseudo-labels, and of the confident ones that actually train.
+      m['pseudo_label_acc'] = _ratio(correct.sum(), known.sum(), axis)
+      m['confident_pseudo_label_acc'] = _ratio((correct * mask).sum(),
+                                               (known * mask).sum(), axis)
+  return m
+
+
+def train_step(state: TrainState, views, sc: StepConfig,
+               grad_norms_by_term: bool = False) -> Tuple[TrainState, Dict[str, jax.Array]]:
+  """One optimisation step on already augmented, normalised views."""
+  if grad_norms_by_term:
+    term_grads, terms, aux = term_gradients(state, views, sc)
+    grads = jax.tree.map(lambda *g: sum(g), *term_grads.values())
+  else:
+    grads, (terms, aux) = jax.grad(total_loss, has_aux=True)(state.params, state, views, sc)
+    grads = _pmean(grads, sc.axis_name)
+
+  metrics = _metrics(terms, aux, views, sc)
+  metrics['lr'] = sc.learning_rate_at(state.step)
+  for subtree in ('backbone', 'head'):
+    metrics[f'grad_norm/{subtree}'] = optax.tree.norm(grads[subtree])
+    if grad_norms_by_term:
+      for name in TERMS:
+        metrics[f'grad_norm/{subtree}/{name}'] = optax.tree.norm(term_grads[name][subtree])
+
+  new_state = state.apply_gradients(grads=grads, batch_stats=aux['batch_stats'])
+  new_state = new_state.replace(ema_params=optax.incremental_update(
+      new_state.params, state.ema_params, step_size=1.0 - sc.ema_decay))
+
+  if sc.use_clustering:
+    # Centres move by their EMA rule only, from this step's (stopped) features:
+    # labeled samples with their labels, confident weak views with pseudo-labels.
+    feats = jnp.concatenate([aux['z_l'], aux['z_w']])
+    labels = jnp.concatenate([views['y_l'], aux['pseudo']])
+    weights = jnp.concatenate([jnp.ones_like(views['y_l'], jnp.float32), aux['mask']])
+    sums, counts = avg_clustering.class_feature_sums(feats, labels, weights, sc.num_classes,
+                                                     sc.axis_name)
+    new_state = new_state.replace(cluster=avg_clustering.update_centers(
+        state.cluster, sums, counts, sc.center_momentum))
+    metrics['num_centers'] = jnp.sum(new_state.cluster.counts > 0).astype(jnp.float32)
+  return new_state, metrics
+
+
+def train_step_on_batch(state: TrainState, batch, sc: StepConfig,
+                        grad_norms_by_term: bool = False):
+  """Augments a uint8 host batch on device, then runs `train_step`.
+
+  `batch`: labeled_image, labeled_label, unlabeled_image, unlabeled_label (the
+  per-device slice of the pipeline's batch).
+  """
+  views = views_lib.make_views(state.rng, state.step, batch, sc)
+  return train_step(state, views, sc, grad_norms_by_term)

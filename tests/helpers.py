@@ -1,0 +1,44 @@
+"""Shared test fixtures: tiny configs and batches."""
+
+import numpy as np
+
+from configs import default
+
+
+def tiny_config(algorithm='layermatch', **overrides):
+  """A WRN-10-1 on 8x8 images: fast enough for many steps on a CPU."""
+  config = default.get_config()
+  config.algorithm = algorithm
+  config.model.name = 'wrn10_1'
+  config.num_train_steps = 1000
+  config.batch_size = 8
+  config.uratio = 2
+  config.data.image_size = 8
+  config.data.mean = (0.5, 0.5, 0.5)
+  config.data.std = (0.25, 0.25, 0.25)
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def random_batch(rng: np.random.Generator, config, num_classes, size=8, channels=3):
+  b = config.batch_size
+  u = b * config.uratio
+  return dict(
+      labeled_image=rng.integers(0, 256, (b, size, size, channels), dtype=np.uint8),
+      labeled_label=rng.integers(0, num_classes, (b,)).astype(np.int32),
+      unlabeled_image=rng.integers(0, 256, (u, size, size, channels), dtype=np.uint8),
+      unlabeled_label=rng.integers(0, num_classes, (u,)).astype(np.int32),
+  )
+
+
+def random_views(rng: np.random.Generator, config, num_classes, size=8, channels=3):
+  b = config.batch_size
+  u = b * config.uratio
+  f = lambda n: rng.normal(size=(n, size, size, channels)).astype(np.float32)
+  return dict(x_l=f(b), y_l=rng.integers(0, num_classes, (b,)).astype(np.int32),
+              x_w=f(u), x_s=f(u), y_u=rng.integers(0, num_classes, (u,)).astype(np.int32))
