@@ -39,6 +39,12 @@ def get_config():
   config.data.image_size = 32
   config.data.download = False
   config.data.skip_bad_files = False
+  config.data.manual_dir = config_dict.placeholder(str)  # ImageNet archives (download=True).
+  # Host pipeline: grain threads and prefetched batches; folder decoding.
+  config.data.num_threads = 2
+  config.data.prefetch_batches = 4
+  config.data.max_memory_mb = 8192  # Larger folders are decoded per access, not held.
+  config.data.decode_processes = 0  # >1: decode big folders in processes, not threads.
   # Per-channel normalisation applied on device after augmentation ([0, 1] scale).
   config.data.mean = (0.4914, 0.4822, 0.4465)
   config.data.std = (0.2471, 0.2435, 0.2616)

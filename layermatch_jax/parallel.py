@@ -28,8 +28,16 @@ def replicate(tree, devices: Optional[Sequence[jax.Device]] = None):
 
 
 def unreplicate(tree):
-  """The first device's copy, fetched to the host."""
-  return jax.device_get(flax.jax_utils.unreplicate(tree))
+  """The first device's copy, fetched to the host as numpy arrays.
+
+  Reads one shard only (flax's unreplicate returns a [1, ...] array when pmap
+  runs on a subset of the devices).
+  """
+  def first(x):
+    if isinstance(x, jax.Array):
+      return np.asarray(x.addressable_shards[0].data).reshape(x.shape[1:])
+    return np.asarray(x)[0]
+  return jax.tree.map(first, tree)
 
 
 def shard(tree, num_devices: int):
