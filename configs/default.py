@@ -66,6 +66,7 @@ def get_config():
   config.optim.nesterov = True
   config.optim.weight_decay = 5e-4  # Conv/dense kernels only.
   config.optim.ema_decay = 0.999  # EMA of parameters, used for evaluation.
+  config.optim.ema_warmup = True  # decay_t = min(decay, (1 + t) / (10 + t)).
 
   config.pseudo_label = ml_collections.ConfigDict()
   config.pseudo_label.threshold = 0.95  # tau

@@ -43,6 +43,7 @@ class StepConfig:
   center_momentum: float = 0.999
   temperature: float = 0.1
   ema_decay: float = 0.999
+  ema_warmup: bool = True
   mean: Tuple[float, ...] = (0.5, 0.5, 0.5)
   std: Tuple[float, ...] = (0.25, 0.25, 0.25)
   pad_fraction: float = 0.125
@@ -61,6 +62,7 @@ class StepConfig:
         center_momentum=config.layermatch.center_momentum,
         temperature=config.layermatch.temperature,
         ema_decay=config.optim.ema_decay,
+        ema_warmup=config.optim.ema_warmup,
         mean=tuple(config.data.mean),
         std=tuple(config.data.std),
         pad_fraction=config.augment.pad_fraction,
@@ -182,6 +184,17 @@ def _metrics(terms, aux, views, sc: StepConfig) -> Dict[str, jax.Array]:
   return m
 
 
+def ema_decay_at(step, sc: StepConfig):
+  """The parameter EMA's decay; with warm-up min(decay, (1 + t) / (10 + t)).
+
+  Without warm-up a 0.999 EMA still weighs the random initialisation by
+  0.999^t (0.74 after 300 steps), which ruins evaluation of short runs.
+  """
+  if not sc.ema_warmup:
+    return sc.ema_decay
+  return jnp.minimum(sc.ema_decay, (1.0 + step) / (10.0 + step))
+
+
 def train_step(state: TrainState, views, sc: StepConfig,
                grad_norms_by_term: bool = False) -> Tuple[TrainState, Dict[str, jax.Array]]:
   """One optimisation step on already augmented, normalised views."""
@@ -202,7 +215,7 @@ def train_step(state: TrainState, views, sc: StepConfig,
 
   new_state = state.apply_gradients(grads=grads, batch_stats=aux['batch_stats'])
   new_state = new_state.replace(ema_params=optax.incremental_update(
-      new_state.params, state.ema_params, step_size=1.0 - sc.ema_decay))
+      new_state.params, state.ema_params, step_size=1.0 - ema_decay_at(state.step, sc)))
 
   if sc.use_clustering:
     # Centres move by their EMA rule only, from this step's (stopped) features:

@@ -221,10 +221,12 @@ def test_step_metrics_and_state_bookkeeping():
   assert metrics['grad_norm/head/unsup'] == 0.0 and metrics['grad_norm/head/cluster'] == 0.0
   assert metrics['grad_norm/backbone/cluster'] > 0
   assert int(new_state.step) == 1
-  # EMA: ema_1 = 0.999 * params_0 + 0.001 * params_1.
+  # EMA with warm-up at step 0: decay min(0.999, 1 / 10).
   _allclose(new_state.ema_params,
-            jax.tree.map(lambda p0, p1: 0.999 * p0 + 0.001 * p1, state.params,
+            jax.tree.map(lambda p0, p1: 0.1 * p0 + 0.9 * p1, state.params,
                          new_state.params), atol=1e-7)
+  np.testing.assert_allclose(ts.ema_decay_at(9990, sc), 0.999)
+  np.testing.assert_allclose(ts.ema_decay_at(90, sc), 0.91)
   # BatchNorm running statistics moved.
   assert _max_abs(jax.tree.map(lambda a, b: a - b, new_state.batch_stats,
                                state.batch_stats)) > 0
