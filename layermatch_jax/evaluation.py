@@ -1,6 +1,7 @@
 """Evaluation: EMA parameters with the live BatchNorm running statistics."""
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 
 from layermatch_jax import views as views_lib
@@ -30,3 +31,31 @@ def eval_step(state: TrainState, batch, mean, std, axis_name='batch'):
   if axis_name is not None:
     sums = jax.lax.psum(sums, axis_name)
   return sums, pred
+
+
+def evaluate_dataset(learner, state: TrainState, batches, return_predictions: bool = False):
+  """Top-1 and mean loss over padded eval batches ({image, label, mask}, sharded).
+
+  With `return_predictions`, also the predictions and labels of every real
+  (unpadded) example, in order, for per-class accuracy and confusion matrices.
+  """
+  sc = learner.step_config
+  step = learner.pmapped_fn('eval', lambda st, b: eval_step(st, b, sc.mean, sc.std),
+                            donate_state=False)
+  correct = count = loss_sum = 0.0
+  preds, labels = [], []
+  for batch in batches:
+    sums, pred = step(state, {k: batch[k] for k in ('image', 'label', 'mask')})
+    sums = learner.host(sums)
+    correct += float(sums['correct'])
+    count += float(sums['count'])
+    loss_sum += float(sums['loss_sum'])
+    if return_predictions:
+      mask = np.asarray(batch['mask']).reshape(-1)
+      preds.append(np.asarray(pred).reshape(-1)[mask])
+      labels.append(np.asarray(batch['label']).reshape(-1)[mask])
+  result = dict(top1=correct / max(count, 1.0), loss=loss_sum / max(count, 1.0),
+                count=int(count))
+  if return_predictions:
+    result.update(predictions=np.concatenate(preds), labels=np.concatenate(labels))
+  return result

@@ -44,18 +44,25 @@ class Learner:
   def num_devices(self) -> int:
     return len(self.devices)
 
+  def init_host_state(self, seed: Optional[int] = None) -> TrainState:
+    """A fresh, unreplicated state from `seed` (default config.seed)."""
+    seed = self.config.seed if seed is None else seed
+    return create_train_state(self.model, self.tx, jax.random.key(seed), self.image_shape,
+                              self.num_classes)
+
   def init_state(self, seed: Optional[int] = None) -> TrainState:
     """A fresh state from `seed` (default config.seed), replicated over devices."""
-    seed = self.config.seed if seed is None else seed
-    state = create_train_state(self.model, self.tx, jax.random.key(seed), self.image_shape,
-                               self.num_classes)
-    return parallel.replicate(state, self.devices)
+    return self.replicate(self.init_host_state(seed))
+
+  def replicate(self, host_state: TrainState) -> TrainState:
+    return parallel.replicate(host_state, self.devices)
 
   def host(self, tree):
     """One device's copy of a replicated tree, as host arrays."""
     return parallel.unreplicate(tree)
 
-  def _pmapped(self, name, fn, donate_state=True):
+  def pmapped_fn(self, name, fn, donate_state=True):
+    """fn pmapped over the learner's devices, built once per `name`."""
     if name not in self._compiled:
       self._compiled[name] = parallel.pmap(fn, self.devices, donate_state=donate_state)
     return self._compiled[name]
@@ -65,22 +72,25 @@ class Learner:
 
   def step(self, state: TrainState, batch, grad_norms_by_term: bool = False,
            sharded: bool = False):
-    """One train step on a global host batch (uint8 images, or ready views).
+    """One train step on a host batch: uint8 images (as the pipeline makes) or
+    ready views (x_l, y_l, x_w, x_s, y_u). Global arrays unless `sharded`.
 
     Returns the new (replicated) state and the step's metrics as floats.
     """
-    raw = _is_raw_batch(batch)
-    fn = train_step_lib.train_step_on_batch if raw else train_step_lib.train_step
-    step_fn = self._pmapped(
-        ('step', raw, grad_norms_by_term),
-        functools.partial(fn, sc=self.step_config, grad_norms_by_term=grad_norms_by_term))
-    state, metrics = step_fn(state, batch if sharded else self._shard(batch))
+    if _is_raw_batch(batch):
+      fn = self.step_fn(grad_norms_by_term)
+    else:
+      fn = self.pmapped_fn(('views_step', grad_norms_by_term), functools.partial(
+          train_step_lib.train_step, sc=self.step_config,
+          grad_norms_by_term=grad_norms_by_term))
+    state, metrics = fn(state, batch if sharded else self._shard(batch))
     return state, {k: float(v) for k, v in self.host(metrics).items()}
 
   def step_fn(self, grad_norms_by_term: bool = False):
-    """The pmapped step on pre-sharded uint8 batches, for the training loop."""
-    return self._pmapped(
-        ('step', True, grad_norms_by_term),
+    """The pmapped step on sharded uint8 batches: fn(state, batch) -> (state, metrics),
+    metrics left on device (the training loop fetches them when it logs)."""
+    return self.pmapped_fn(
+        ('step', grad_norms_by_term),
         functools.partial(train_step_lib.train_step_on_batch, sc=self.step_config,
                           grad_norms_by_term=grad_norms_by_term))
 
@@ -96,7 +106,7 @@ class Learner:
       views = views_lib.make_views(st.rng, st.step, b, sc) if _is_raw_batch(b) else b
       return train_step_lib.term_gradients(st, views, sc)[0]
 
-    grads = self.host(self._pmapped(('grads', _is_raw_batch(batch)), grads_fn,
+    grads = self.host(self.pmapped_fn(('grads', _is_raw_batch(batch)), grads_fn,
                                     donate_state=False)(state, self._shard(batch)))
     grads['total'] = jax.tree.map(lambda *g: sum(g), *[grads[t] for t in train_step_lib.TERMS])
     return grads
@@ -104,7 +114,7 @@ class Learner:
   def predict(self, state: TrainState, images, use_ema: bool = True) -> np.ndarray:
     """Logits for uint8 images [N, H, W, C] (N divisible by the device count)."""
     sc = self.step_config
-    fn = self._pmapped(('predict', use_ema), lambda st, x: evaluation.predict(
+    fn = self.pmapped_fn(('predict', use_ema), lambda st, x: evaluation.predict(
         st, x, sc.mean, sc.std, use_ema=use_ema), donate_state=False)
     logits = np.asarray(fn(state, self._shard(images)))
     return logits.reshape(-1, logits.shape[-1])

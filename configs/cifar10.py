@@ -1,0 +1,19 @@
+"""CIFAR-10, WRN-28-2, the classic SSL protocol (labels: 10, 40, 250 or 4000).
+
+  python tools/prepare_data.py --dataset=cifar10 --data_dir=~/tensorflow_datasets  # once, needs tensorflow-cpu
+  python -m layermatch_jax.main --config=configs/cifar10.py --workdir=DIR \
+      --config.data.num_labels=40
+
+Expected runtime and accuracy: not measured yet (2^20 steps of B=64+448; days on one GPU).
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.data.name = 'cifar10'
+  config.data.num_labels = 40
+  config.model.name = 'wrn28_2'
+  config.optim.weight_decay = 5e-4
+  return config

@@ -1,0 +1,24 @@
+"""Your own images: a folder DIR/train/<class>/*, DIR/test/<class>/*, optional
+DIR/unlabeled/* (images without labels). Any format PIL reads, grayscale or colour,
+any size: resized to data.image_size.
+
+  python -m layermatch_jax.main --config=configs/folder.py --workdir=DIR \
+      --config.data.dir=IMAGES --config.data.num_labels=40
+
+data.num_labels is the total labeled images drawn (class-balanced) from train/; the
+rest of train/ and all of unlabeled/ are used without labels. For a run on
+CIFAR-10 as JPEGs (../shared/data/cifar10-jpeg.tar.gz unpacked to IMAGES) the
+image statistics below fit; for other images compute yours or keep them.
+Expected runtime and accuracy: not measured yet.
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.data.name = 'folder'
+  config.data.num_labels = 40
+  config.data.image_size = 32
+  config.model.name = 'wrn28_2'
+  return config

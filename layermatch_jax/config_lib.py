@@ -1,0 +1,70 @@
+"""Config checks: a bad value fails early with one line naming it and what is valid."""
+
+import numbers
+
+from layermatch_jax import models
+from layermatch_jax.algorithms import presets
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work."""
+
+
+def _get(config, key):
+  node = config
+  for part in key.split('.'):
+    node = node[part]
+  return node
+
+
+def _check(config, key, ok, valid: str):
+  value = _get(config, key)
+  if not ok(value):
+    raise ConfigError(f'config.{key}={value!r} is not valid: use {valid}')
+
+
+def _is_int(v):
+  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_num(v):
+  return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def validate(config):
+  """Raises ConfigError on the first invalid value."""
+  positive_int = (lambda v: _is_int(v) and v > 0, 'a positive integer')
+  for key in ('num_train_steps', 'eval_every_steps', 'log_every_steps',
+              'checkpoint_every_steps', 'batch_size', 'eval_batch_size', 'data.image_size',
+              'data.num_labels'):
+    _check(config, key, *positive_int)
+  _check(config, 'uratio', lambda v: _is_int(v) and v >= 0, 'an integer >= 0')
+  _check(config, 'seed', _is_int, 'an integer')
+  _check(config, 'algorithm', lambda v: v in presets.PRESETS, f'one of {sorted(presets.PRESETS)}')
+  _check(config, 'model.name', lambda v: v in models.BACKBONES,
+         f'one of {sorted(models.BACKBONES)}')
+  _check(config, 'model.dtype', lambda v: v in models.DTYPES, f'one of {sorted(models.DTYPES)}')
+  unit = lambda v: _is_num(v) and 0 <= v < 1
+  for key in ('model.bn_momentum', 'optim.momentum', 'optim.ema_decay',
+              'layermatch.center_momentum'):
+    _check(config, key, unit, 'a number in [0, 1)')
+  _check(config, 'optim.learning_rate', lambda v: _is_num(v) and v > 0, 'a number > 0')
+  _check(config, 'optim.weight_decay', lambda v: _is_num(v) and v >= 0, 'a number >= 0')
+  _check(config, 'pseudo_label.threshold', lambda v: _is_num(v) and 0 <= v <= 1,
+         'a number in [0, 1]')
+  _check(config, 'layermatch.temperature', lambda v: _is_num(v) and v > 0, 'a number > 0')
+  optional = lambda test: (lambda v: v is None or test(v))
+  for key in ('layermatch.head_grad_scale', 'layermatch.head_bias_grad_scale'):
+    _check(config, key, optional(lambda v: _is_num(v) and 0 <= v <= 1),
+           'a number in [0, 1] (0 = Grad-ReLU, 1 = FixMatch)')
+  for key in ('layermatch.cluster_weight', 'pseudo_label.unsup_weight'):
+    _check(config, key, optional(lambda v: _is_num(v) and v >= 0), 'a number >= 0')
+  _check(config, 'augment.pad_fraction', lambda v: _is_num(v) and 0 <= v < 0.5,
+         'a number in [0, 0.5)')
+  _check(config, 'augment.cutout_fraction', lambda v: _is_num(v) and 0 <= v <= 1,
+         'a number in [0, 1]')
+  _check(config, 'augment.num_ops', lambda v: _is_int(v) and v >= 0, 'an integer >= 0')
+  for key in ('data.mean', 'data.std'):
+    _check(config, key, lambda v: len(tuple(v)) == 3 and all(_is_num(x) for x in v),
+           'three numbers (per RGB channel, [0, 1] scale)')
+  _check(config, 'data.std', lambda v: all(x > 0 for x in v), 'three numbers > 0')

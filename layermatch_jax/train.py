@@ -1,0 +1,206 @@
+"""The training loop: init or resume, pmapped steps, evaluation, logs, checkpoints.
+
+`train_and_evaluate(config, workdir)` is what `main.py` runs and what a notebook
+can call. Workdir contents (DESIGN.md section 3): config.json, splits/,
+metrics.jsonl, TensorBoard events, checkpoints/, summary.json.
+"""
+
+import json
+import os
+import sys
+import time
+from typing import Optional
+
+import jax
+import numpy as np
+
+from layermatch_jax import checkpoint as checkpoint_lib
+from layermatch_jax import config_lib, data, evaluation
+from layermatch_jax import metrics as metrics_lib
+from layermatch_jax.learner import Learner
+
+SUMMARY_FILE = 'summary.json'
+CONFIG_FILE = 'config.json'
+
+
+class WorkdirError(ValueError):
+  """A workdir that cannot be used as asked."""
+
+
+def _write_json(path: str, obj):
+  """Atomic: a temporary file renamed into place."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write('\n')
+  os.replace(tmp, path)
+
+
+def _prepare_workdir(workdir: str):
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f'--workdir={workdir} is a file: give a directory (new or a run to resume)')
+  os.makedirs(workdir, exist_ok=True)
+
+
+def _load_or_make_split(source, config, workdir: str, is_chief: bool):
+  """The workdir's split when resuming, else data.split_file or a fresh draw."""
+  path = data.split_path(workdir)
+  if os.path.exists(path):
+    split = data.load_split(path, source)
+    if split.num_labels != config.data.num_labels:
+      raise data.DataError(
+          f'{path} has {split.num_labels} labels but data.num_labels='
+          f'{config.data.num_labels}: use a new --workdir or the same num_labels')
+    return split
+  split = data.get_split(source, config)
+  if is_chief:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    data.save_split(path, split)
+  return split
+
+
+class Progress:
+  """A line every log step; a one-line bar between them on a terminal."""
+
+  def __init__(self, total: int, start: int):
+    self.total, self.start = total, start
+    self.tty = sys.stdout.isatty()
+    self.t0 = None  # Set after the first (compiling) step.
+    self.t0_step = start
+    self._last_bar = 0.0
+
+  def timing(self, step: int):
+    now = time.time()
+    if self.t0 is None:
+      self.t0, self.t0_step = now, step
+      return float('nan'), float('nan')
+    steps_per_s = (step - self.t0_step) / max(now - self.t0, 1e-9)
+    eta = (self.total - step) / steps_per_s if steps_per_s > 0 else float('nan')
+    return steps_per_s, eta
+
+  def bar(self, step: int):
+    if not self.tty or time.time() - self._last_bar < 0.5:
+      return
+    self._last_bar = time.time()
+    done = int(30 * step / self.total)
+    sys.stdout.write(f'\r[{"#" * done}{"." * (30 - done)}] {step}/{self.total}')
+    sys.stdout.flush()
+
+  def line(self, text: str):
+    print(('\r' if self.tty else '') + text, flush=True)
+
+
+def _fmt_eta(seconds: float) -> str:
+  if not np.isfinite(seconds):
+    return '?'
+  seconds = int(seconds)
+  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+
+
+def _log_line(step, total, m, img_per_s, eta):
+  parts = [f'step {step}/{total}', f"loss {m.get('loss', float('nan')):.4f}",
+           f"sup {m.get('loss_sup', float('nan')):.4f}"]
+  for key, short in (('loss_unsup', 'unsup'), ('loss_cluster', 'cluster')):
+    if key in m:
+      parts.append(f'{short} {m[key]:.4f}')
+  if 'mask_ratio' in m:
+    parts.append(f"mask {m['mask_ratio']:.3f}")
+  if 'pseudo_label_acc' in m:
+    parts.append(f"pl_acc {m['pseudo_label_acc']:.3f}")
+  parts.append(f"lr {m.get('lr', float('nan')):.4g}")
+  parts.append(f'{img_per_s:.0f} img/s' if np.isfinite(img_per_s) else '? img/s')
+  parts.append(f'ETA {_fmt_eta(eta)}')
+  return ' | '.join(parts)
+
+
+def train_and_evaluate(config, workdir: str, max_steps: Optional[int] = None) -> dict:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint.
+
+  `max_steps` stops early (after that global step) without finishing the run,
+  as a preemption would; the summary is written only when the run completes.
+  Returns the summary (or, when stopped early, the latest metrics).
+  """
+  config_lib.validate(config)
+  _prepare_workdir(workdir)
+  is_chief = jax.process_index() == 0
+  source = data.load_source(config.data)
+  split = _load_or_make_split(source, config, workdir, is_chief)
+
+  learner = Learner(config, source.num_classes, source.image_shape)
+  meta = checkpoint_lib.state_meta(config, source.num_classes, source.image_shape)
+  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                     max_to_keep=config.get('keep_checkpoints', 3))
+  host_state = learner.init_host_state()
+  train_iter = data.make_train_iterator(
+      source, split, config, num_devices=learner.num_devices,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  start_step, wall_before = 0, 0.0
+  if ckpt.latest_step() is not None:
+    host_state, data_state = ckpt.restore(host_state, meta)
+    train_iter.set_state(data_state['iterator'])
+    start_step, wall_before = int(host_state.step), float(data_state.get('wall_s', 0.0))
+    print(f'Resuming from {ckpt.directory}/{start_step}', flush=True)
+    if is_chief:
+      metrics_lib.truncate_after(workdir, start_step)
+  if is_chief:
+    if start_step == 0 or not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+      _write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
+  state = learner.replicate(host_state)
+  del host_state
+
+  writer = metrics_lib.MetricWriter(workdir, enabled=is_chief)
+  total = config.num_train_steps
+  stop = total if max_steps is None else min(total, max_steps)
+  images_per_step = config.batch_size * (1 + config.uratio)
+  progress = Progress(total, start_step)
+  t_start = time.time()
+  window = []  # This logging window's per-step metrics, still on device.
+
+  def evaluate(step):
+    result = evaluation.evaluate_dataset(learner, state, data.make_eval_iterator(
+        source, config, num_devices=learner.num_devices))
+    writer.write(step, 'eval', dict(top1=result['top1'], loss=result['loss']))
+    progress.line(f"eval step {step}: top1 {result['top1']:.4f} loss {result['loss']:.4f} "
+                  f"({result['count']} images)")
+    return result
+
+  def save(step):
+    data_state = dict(iterator=train_iter.get_state(),
+                      wall_s=wall_before + time.time() - t_start)
+    ckpt.save(step, learner.host(state), data_state, meta)
+
+  last_metrics = {}
+  for step in range(start_step + 1, stop + 1):
+    batch = next(train_iter)
+    diagnostics = config.grad_norms_by_term and step % config.log_every_steps == 0
+    state, step_metrics = learner.step_fn(diagnostics)(state, batch)
+    window.append(step_metrics)
+    progress.bar(step)
+    if step % config.log_every_steps == 0 or step == stop:
+      history = [{k: float(v) for k, v in learner.host(m).items()} for m in window]
+      window = []
+      last_metrics = metrics_lib.mean_metrics(history)
+      steps_per_s, eta = progress.timing(step)
+      last_metrics['img_per_sec'] = steps_per_s * images_per_step
+      writer.write(step, 'train', last_metrics)
+      progress.line(_log_line(step, total, last_metrics, last_metrics['img_per_sec'], eta))
+    if step % config.eval_every_steps == 0 or step == total:
+      evaluate(step)
+    if step % config.checkpoint_every_steps == 0 or step == stop:
+      save(step)
+  writer.flush()
+
+  done = stop == total
+  ckpt.close()
+  if not done:
+    writer.close()
+    return last_metrics
+  wall_s = wall_before + time.time() - t_start
+  summary = metrics_lib.summarize(metrics_lib.read_metrics(workdir, 'eval'), total, wall_s)
+  if is_chief:
+    _write_json(os.path.join(workdir, SUMMARY_FILE), summary)
+  writer.close()
+  print(f"Done: final top1 {summary['final_top1']:.4f}, best {summary['best_top1']:.4f}, "
+        f"median of last {min(20, summary['num_evals'])} evals "
+        f"{summary['median_last_top1']:.4f}; {wall_s:.0f} s", flush=True)
+  return summary

@@ -1,0 +1,47 @@
+"""Every config file loads, passes validation and documents its command."""
+
+import importlib
+import os
+
+import pytest
+
+from layermatch_jax import config_lib
+
+CONFIGS = ['default', 'cifar10', 'cifar100', 'stl10', 'imagenet100', 'folder', 'demo']
+REQUIRED_KEYS = ['seed', 'algorithm', 'num_train_steps', 'eval_every_steps', 'log_every_steps',
+                 'checkpoint_every_steps', 'data.name', 'data.dir', 'data.num_labels',
+                 'layermatch.head_grad_scale', 'layermatch.cluster_weight',
+                 'layermatch.center_momentum', 'layermatch.temperature']
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_config_loads_validates_and_documents_itself(name):
+  module = importlib.import_module(f'configs.{name}')
+  doc = module.__doc__ or ''
+  assert 'python -m layermatch_jax.main --config=configs/' in doc
+  assert 'accuracy' in doc.lower()
+  config = module.get_config()
+  config_lib.validate(config)
+  for key in REQUIRED_KEYS:
+    node = config
+    for part in key.split('.'):
+      assert part in node, key
+      node = node[part]
+
+
+def test_cifar100_wrn28_8_variant():
+  from configs import cifar100
+  assert cifar100.get_config().model.name == 'wrn28_2'
+  assert cifar100.get_config('wrn28_8').model.name == 'wrn28_8'
+  with pytest.raises(ValueError, match='use :wrn28_2 or :wrn28_8'):
+    cifar100.get_config('wrn99')
+
+
+def test_defaults_follow_the_classic_recipe():
+  from configs import default
+  c = default.get_config()
+  assert (c.batch_size, c.uratio, c.num_train_steps) == (64, 7, 2**20)
+  assert (c.optim.learning_rate, c.optim.momentum, c.optim.nesterov) == (0.03, 0.9, True)
+  assert (c.pseudo_label.threshold, c.layermatch.center_momentum,
+          c.layermatch.temperature) == (0.95, 0.999, 0.1)
+  assert c.optim.ema_decay == 0.999 and c.model.bn_momentum == 0.999

@@ -1,0 +1,165 @@
+"""The training loop and CLI end to end: logs, summary, exact resume, bad flags."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from layermatch_jax import checkpoint, train
+from layermatch_jax.learner import Learner
+from tests.helpers import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(**overrides):
+  settings = {'data.name': 'digits', 'data.num_labels': 50, 'batch_size': 16, 'uratio': 2,
+              'num_train_steps': 12, 'eval_every_steps': 6, 'checkpoint_every_steps': 4,
+              'log_every_steps': 3, 'eval_batch_size': 64}
+  settings.update(overrides)
+  return tiny_config('layermatch', **settings)
+
+
+def _params(workdir, config):
+  """The parameters and centres of the latest checkpoint in `workdir`."""
+  learner = Learner(config, 10, (8, 8, 3))
+  meta = checkpoint.state_meta(config, 10, (8, 8, 3))
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'))
+  state, data_state = ckpt.restore(learner.init_host_state(), meta)
+  ckpt.close()
+  return state, data_state
+
+
+@pytest.fixture(scope='module')
+def full_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('full'))
+  config = _config()
+  summary = train.train_and_evaluate(config, workdir)
+  return workdir, config, summary
+
+
+def test_workdir_layout_metrics_and_summary(full_run):
+  workdir, config, summary = full_run
+  assert jax.local_device_count() == 8  # the loop ran on 8 simulated devices
+  assert sorted(summary) == ['best_top1', 'final_top1', 'median_last_top1', 'num_evals',
+                             'steps', 'wall_s']
+  with open(os.path.join(workdir, 'summary.json')) as f:
+    assert json.load(f) == summary
+  assert summary['steps'] == 12 and summary['num_evals'] == 2
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['model']['name'] == 'wrn10_1'
+  with open(os.path.join(workdir, 'splits', 'split.json')) as f:
+    assert len(json.load(f)['labeled_indices']) == 50
+
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  train_lines = [r for r in records if r['split'] == 'train']
+  eval_lines = [r for r in records if r['split'] == 'eval']
+  assert [r['step'] for r in train_lines] == [3, 6, 9, 12]
+  assert [r['step'] for r in eval_lines] == [6, 12]
+  for r in train_lines:
+    for key in ('loss', 'loss_sup', 'loss_unsup', 'loss_cluster', 'mask_ratio',
+                'pseudo_label_acc', 'lr', 'grad_norm/head/unsup', 'grad_norm/backbone/sup'):
+      assert key in r, key
+    assert r['grad_norm/head/unsup'] == 0.0  # LayerMatch: Grad-ReLU
+  for r in eval_lines:
+    assert 0.0 <= r['top1'] <= 1.0
+  assert summary['final_top1'] == eval_lines[-1]['top1']
+  assert summary['best_top1'] == max(r['top1'] for r in eval_lines)
+  assert any(name.startswith('events.out.tfevents') for name in os.listdir(workdir))
+  # Checkpoints every 4 steps, the last 3 kept.
+  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints'))) == [4, 8, 12]
+
+
+def test_resume_is_bit_exact(full_run, tmp_path):
+  full_dir, config, _ = full_run
+  workdir = str(tmp_path / 'interrupted')
+  # Stopped after step 5 (as a preemption would, between checkpoints at 4 and 8)...
+  train.train_and_evaluate(config, workdir, max_steps=5)
+  assert not os.path.exists(os.path.join(workdir, 'summary.json'))
+  # ...then the same command again resumes from the step-5 checkpoint.
+  summary = train.train_and_evaluate(config, workdir)
+  assert summary['steps'] == 12
+
+  resumed, resumed_data = _params(workdir, config)
+  full, full_data = _params(full_dir, config)
+  assert resumed_data['iterator'] == full_data['iterator']
+  for a, b in zip(jax.tree.leaves((resumed.params, resumed.ema_params, resumed.batch_stats,
+                                   resumed.opt_state, resumed.cluster)),
+                  jax.tree.leaves((full.params, full.ema_params, full.batch_stats,
+                                   full.opt_state, full.cluster))):
+    np.testing.assert_array_equal(a, b)
+  # The logs read as one run: each step once.
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    steps = [(r['split'], r['step']) for r in map(json.loads, f)]
+  assert len(steps) == len(set(steps))
+  with open(os.path.join(full_dir, 'metrics.jsonl')) as f:
+    full_eval = [r['top1'] for r in map(json.loads, f) if r['split'] == 'eval']
+  assert summary['final_top1'] == full_eval[-1]
+
+
+def test_incompatible_checkpoint_is_refused(full_run):
+  workdir, config, _ = full_run
+  other = _config(**{'model.name': 'wrn16_1'})
+  before = sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
+  with pytest.raises(checkpoint.CheckpointError, match="'model': \\('wrn10_1', 'wrn16_1'\\)"):
+    train.train_and_evaluate(other, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == before
+
+
+def _cli(*args, workdir):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+             JAX_PLATFORMS='cpu')
+  return subprocess.run(
+      [sys.executable, '-m', 'layermatch_jax.main', '--config=configs/demo.py',
+       f'--workdir={workdir}', *args], cwd=ROOT, env=env, capture_output=True, text=True,
+      timeout=600)
+
+
+def test_cli_trains_with_overrides(tmp_path):
+  workdir = tmp_path / 'cli'
+  proc = _cli('--config.num_train_steps=4', '--config.eval_every_steps=4',
+              '--config.log_every_steps=2', '--config.checkpoint_every_steps=4',
+              '--config.data.image_size=8', '--config.batch_size=8', '--config.uratio=1',
+              '--config.eval_batch_size=120', '--config.algorithm=fixmatch',
+              workdir=workdir)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  with open(workdir / 'config.json') as f:
+    saved = json.load(f)
+  assert saved['num_train_steps'] == 4 and saved['algorithm'] == 'fixmatch'
+  assert saved['data']['image_size'] == 8
+  with open(workdir / 'summary.json') as f:
+    assert json.load(f)['steps'] == 4
+  assert 'step 4/4' in proc.stdout and 'eval step 4: top1' in proc.stdout
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--config.no_such_key=1'], "config has no key 'no_such_key'; valid keys there:"),
+    (['--config.data.nmae=digits'], "config.data has no key 'nmae'"),
+    (['--config.num_train_steps=ten'], 'num_train_steps=ten'),
+    (['--config.num_train_steps=0'], 'config.num_train_steps=0 is not valid: use a positive'),
+    (['--config.algorithm=mixmatch'], "config.algorithm='mixmatch' is not valid: use one of"),
+    (['--config.layermatch.head_grad_scale=2.0'], 'head_grad_scale=2.0 is not valid'),
+    (['--config.data.num_labels=55'], '55'),
+    (['--config.batch_size=3'], 'batch_size=3 does not split over 2 device'),
+])
+def test_bad_flags_exit_2_with_one_error_line(tmp_path, args, message):
+  workdir = tmp_path / 'bad'
+  proc = _cli(*args, workdir=workdir)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = proc.stderr.strip().splitlines()
+  assert lines[-1].startswith('error: ') and message in lines[-1], lines[-1]
+  assert not any('Traceback' in line for line in lines)
+
+
+def test_workdir_that_is_a_file_is_refused_untouched(tmp_path):
+  path = tmp_path / 'not_a_dir'
+  path.write_text('keep me')
+  proc = _cli(workdir=path)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1].startswith('error: --workdir=')
+  assert path.read_text() == 'keep me'
