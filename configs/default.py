@@ -19,7 +19,8 @@ from ml_collections import config_dict
 def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0
-  # 'supervised' | 'fixmatch' | 'layermatch'. See algorithms/presets.py.
+  # 'supervised' | 'fixmatch' | 'layermatch' | 'flexmatch' | 'freematch' | 'softmatch'.
+  # See algorithms/presets.py.
   config.algorithm = 'layermatch'
 
   config.num_train_steps = 2**20
@@ -50,6 +51,7 @@ def get_config():
   config.data.std = (0.2471, 0.2435, 0.2616)
 
   config.augment = ml_collections.ConfigDict()
+  config.augment.flip = True  # Random horizontal flip in both views.
   config.augment.pad_fraction = 0.125  # Weak view: reflect-pad crop.
   config.augment.num_ops = 2  # Strong view: RandAugment ops per image.
   config.augment.cutout_fraction = 0.5  # Strong view: Cutout side, max share of the image side.
@@ -69,8 +71,26 @@ def get_config():
   config.optim.ema_warmup = True  # decay_t = min(decay, (1 + t) / (10 + t)).
 
   config.pseudo_label = ml_collections.ConfigDict()
-  config.pseudo_label.threshold = 0.95  # tau
+  # Which unlabeled samples train, and how much (algorithms/policies.py): 'fixed'
+  # (FixMatch), 'flexmatch', 'freematch' or 'softmatch'. None: the algorithm
+  # preset's ('fixed' for fixmatch and layermatch), so layermatch on top of any
+  # policy is `algorithm=layermatch, pseudo_label.policy=NAME`.
+  config.pseudo_label.policy = config_dict.placeholder(str)
+  config.pseudo_label.threshold = 0.95  # tau: 'fixed'; FlexMatch's upper threshold.
   config.pseudo_label.unsup_weight = config_dict.placeholder(float)  # lambda_u
+  # FlexMatch (Zhang et al., NeurIPS 2021): T(c) = M(beta(c)) tau.
+  config.pseudo_label.flexmatch = ml_collections.ConfigDict()
+  config.pseudo_label.flexmatch.threshold_warmup = True  # beta over max(max sigma, unused).
+  config.pseudo_label.flexmatch.mapping = 'convex'  # M(x) = x / (2 - x); 'linear': M(x) = x.
+  # FreeMatch (Wang et al., ICLR 2023): self-adaptive thresholds + fairness.
+  config.pseudo_label.freematch = ml_collections.ConfigDict()
+  config.pseudo_label.freematch.ema_momentum = 0.999  # lambda
+  config.pseudo_label.freematch.fairness_weight = 0.01  # w_f (USB's classic CIFAR configs: 0.001)
+  # SoftMatch (Chen et al., ICLR 2023): truncated Gaussian weights, uniform alignment.
+  config.pseudo_label.softmatch = ml_collections.ConfigDict()
+  config.pseudo_label.softmatch.ema_momentum = 0.999  # m
+  config.pseudo_label.softmatch.n_sigma = 1.0  # Gaussian std sigma_t / n_sigma; USB uses 2.
+  config.pseudo_label.softmatch.alignment = 'uniform'  # 'uniform' (UA) | 'labeled' | 'none'
 
   config.layermatch = ml_collections.ConfigDict()
   # alpha: share of the pseudo-label gradient the head gets (0 Grad-ReLU, 1 FixMatch).

@@ -18,6 +18,7 @@ def get_config():
   config.data.image_size = 16
   config.data.mean = (0.27, 0.27, 0.27)
   config.data.std = (0.38, 0.38, 0.38)
+  config.augment.flip = False  # A mirrored digit is not the same digit.
   config.model.name = 'wrn10_1'
   # Short run: BatchNorm statistics must follow the weights quickly.
   config.model.bn_momentum = 0.99

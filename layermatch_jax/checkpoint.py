@@ -19,8 +19,10 @@ class CheckpointError(ValueError):
 
 def state_meta(config, num_classes: int, image_shape) -> dict:
   """What must agree between the run that wrote a checkpoint and one that reads it."""
+  from layermatch_jax.algorithms import presets  # pylint: disable=g-import-not-at-top
   return dict(model=config.model.name, num_classes=int(num_classes),
-              image_shape=[int(s) for s in image_shape], algorithm=config.algorithm)
+              image_shape=[int(s) for s in image_shape], algorithm=config.algorithm,
+              policy=presets.resolve_policy(config))
 
 
 class Checkpointer:
@@ -60,8 +62,16 @@ class Checkpointer:
           f'checkpoint {self.directory}/{step} was written by an incompatible config '
           f'(saved vs now: {diff}); use another --workdir or the matching config')
     abstract = jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), template)
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+    except ValueError as e:
+      # orbax reports a different tree (e.g. a state from an older version of
+      # this code) as a multi-line ValueError: keep its first line.
+      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise CheckpointError(
+          f'checkpoint {self.directory}/{step} does not match the train state this code '
+          f'builds ({first}); use another --workdir') from e
     return restored.state, restored.data
 
   def wait(self):

@@ -3,7 +3,7 @@
 import numbers
 
 from layermatch_jax import models
-from layermatch_jax.algorithms import presets
+from layermatch_jax.algorithms import policies, presets
 
 
 class ConfigError(ValueError):
@@ -52,6 +52,18 @@ def validate(config):
   _check(config, 'optim.weight_decay', lambda v: _is_num(v) and v >= 0, 'a number >= 0')
   _check(config, 'pseudo_label.threshold', lambda v: _is_num(v) and 0 <= v <= 1,
          'a number in [0, 1]')
+  _check(config, 'pseudo_label.policy', lambda v: v is None or v in policies.POLICIES,
+         f'one of {sorted(policies.POLICIES)} (or unset: the algorithm preset\'s)')
+  _check(config, 'pseudo_label.flexmatch.mapping', lambda v: v in ('convex', 'linear'),
+         "'convex' or 'linear'")
+  _check(config, 'pseudo_label.softmatch.alignment',
+         lambda v: v in ('uniform', 'labeled', 'none'), "'uniform', 'labeled' or 'none'")
+  for key in ('pseudo_label.freematch.ema_momentum', 'pseudo_label.softmatch.ema_momentum'):
+    _check(config, key, unit, 'a number in [0, 1)')
+  for key in ('pseudo_label.freematch.fairness_weight',):
+    _check(config, key, lambda v: _is_num(v) and v >= 0, 'a number >= 0')
+  _check(config, 'pseudo_label.softmatch.n_sigma', lambda v: _is_num(v) and v > 0,
+         'a number > 0')
   _check(config, 'layermatch.temperature', lambda v: _is_num(v) and v > 0, 'a number > 0')
   optional = lambda test: (lambda v: v is None or test(v))
   for key in ('layermatch.head_grad_scale', 'layermatch.head_bias_grad_scale'):

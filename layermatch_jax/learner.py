@@ -30,9 +30,13 @@ class Learner:
   """Model, optimizer and pmapped steps built from one config."""
 
   def __init__(self, config, num_classes: int, image_shape: Sequence[int],
-               devices: Optional[Sequence[jax.Device]] = None):
+               devices: Optional[Sequence[jax.Device]] = None,
+               unlabeled_pool_size: Optional[int] = None):
+    """`unlabeled_pool_size` (data.unlabeled_pool_size(source)) is needed by the
+    FlexMatch policy, which records a prediction per unlabeled image."""
     self.config = config
     self.num_classes = num_classes
+    self.unlabeled_pool_size = unlabeled_pool_size
     self.image_shape = tuple(image_shape)
     self.devices = list(devices or jax.local_devices())
     self.model = models.create_model(config.model, num_classes, axis_name=train_step_lib.AXIS)
@@ -48,7 +52,8 @@ class Learner:
     """A fresh, unreplicated state from `seed` (default config.seed)."""
     seed = self.config.seed if seed is None else seed
     return create_train_state(self.model, self.tx, jax.random.key(seed), self.image_shape,
-                              self.num_classes)
+                              self.num_classes, policy=self.step_config.pseudo_label.name,
+                              unlabeled_pool_size=self.unlabeled_pool_size)
 
   def init_state(self, seed: Optional[int] = None) -> TrainState:
     """A fresh state from `seed` (default config.seed), replicated over devices."""
@@ -97,8 +102,9 @@ class Learner:
   def gradients(self, state: TrainState, batch) -> Dict[str, Dict[str, dict]]:
     """This step's gradient split by loss term and subtree, without updating.
 
-    Keys 'sup', 'unsup', 'cluster' (each weighted as in the total loss, with the
-    head's pseudo-label share already scaled by alpha) and 'total'.
+    Keys 'sup', 'unsup', 'cluster' (and 'fairness' for FreeMatch; each weighted
+    as in the total loss, with the head's pseudo-label share already scaled by
+    alpha) and 'total'.
     """
     sc = self.step_config
 
@@ -108,7 +114,7 @@ class Learner:
 
     grads = self.host(self.pmapped_fn(('grads', _is_raw_batch(batch)), grads_fn,
                                     donate_state=False)(state, self._shard(batch)))
-    grads['total'] = jax.tree.map(lambda *g: sum(g), *[grads[t] for t in train_step_lib.TERMS])
+    grads['total'] = jax.tree.map(lambda *g: sum(g), *[grads[t] for t in sc.terms])
     return grads
 
   def predict(self, state: TrainState, images, use_ema: bool = True) -> np.ndarray:

@@ -6,7 +6,6 @@ and `shard`, so a later move to `jax.jit` over a mesh touches only this file.
 
 from typing import Callable, Optional, Sequence
 
-import flax.jax_utils
 import jax
 import numpy as np
 
@@ -24,7 +23,15 @@ def pmap(fn: Callable, devices: Optional[Sequence[jax.Device]] = None,
 
 
 def replicate(tree, devices: Optional[Sequence[jax.Device]] = None):
-  return flax.jax_utils.replicate(tree, devices)
+  """One copy per device, laid out exactly as pmap's outputs are.
+
+  flax.jax_utils.replicate places arrays on a mesh of its own; pmap then sees
+  an input sharding unlike its outputs' and compiles the step a second time.
+  Passing the copies through a pmapped identity gives them pmap's layout.
+  """
+  devices = list(devices or jax.local_devices())
+  stacked = jax.tree.map(lambda x: np.stack([np.asarray(x)] * len(devices)), tree)
+  return jax.pmap(lambda x: x, axis_name=AXIS, devices=devices)(stacked)
 
 
 def unreplicate(tree):

@@ -1,6 +1,6 @@
 """The train state: everything a bit-exact resume needs, in one pytree."""
 
-from typing import Any
+from typing import Any, Optional
 
 import flax
 import jax
@@ -22,20 +22,31 @@ class ClusterState:
 
 
 class TrainState(train_state.TrainState):
-  """Flax TrainState plus BatchNorm statistics, parameter EMA, centres and RNG.
+  """Flax TrainState plus BatchNorm statistics, parameter EMA, centres, RNG and
+  the pseudo-label policy's state.
 
   The centres live outside `params`, so neither `jax.grad` nor the optimizer
-  ever touches them; the step updates them by their own EMA rule.
+  ever touches them; the step updates them by their own EMA rule. The same
+  holds for `policy`, the pseudo-label policy's state (algorithms/policies.py:
+  {} for FixMatch, recorded predictions or EMAs for the others).
   """
   batch_stats: Any
   ema_params: Any
   cluster: ClusterState
   rng: jax.Array  # Base key; the step's key is fold_in(rng, step).
+  policy: Any
 
 
 def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
-                       image_shape, num_classes: int) -> TrainState:
-  """Initialises a model's variables (on the host's default device)."""
+                       image_shape, num_classes: int, *, policy: str = 'fixed',
+                       unlabeled_pool_size: Optional[int] = None) -> TrainState:
+  """Initialises a model's variables (on the host's default device).
+
+  `policy` names the pseudo-label policy whose state to create; FlexMatch needs
+  `unlabeled_pool_size` (data.unlabeled_pool_size(source)).
+  """
+  # Here, not at the top: algorithms/ imports this module (ClusterState).
+  from layermatch_jax.algorithms import policies  # pylint: disable=g-import-not-at-top
   init_rng, state_rng = jax.random.split(rng)
   # Evaluation-mode init: no cross-device axis is bound outside the step.
   variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, *image_shape)), train=False))(
@@ -50,4 +61,5 @@ def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
       ema_params=jax.tree.map(jnp.copy, params),
       cluster=ClusterState.create(num_classes, feature_dim),
       rng=jax.random.key_data(state_rng),
+      policy=policies.init_state(policy, num_classes, unlabeled_pool_size),
   )

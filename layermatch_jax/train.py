@@ -69,10 +69,13 @@ class Progress:
     self.t0_step = start
     self._last_bar = 0.0
 
+  def started(self, step: int):
+    """Called once the first step has run: compilation is not throughput."""
+    self.t0, self.t0_step = time.time(), step
+
   def timing(self, step: int):
     now = time.time()
-    if self.t0 is None:
-      self.t0, self.t0_step = now, step
+    if self.t0 is None or step <= self.t0_step:
       return float('nan'), float('nan')
     steps_per_s = (step - self.t0_step) / max(now - self.t0, 1e-9)
     eta = (self.total - step) / steps_per_s if steps_per_s > 0 else float('nan')
@@ -126,7 +129,8 @@ def train_and_evaluate(config, workdir: str, max_steps: Optional[int] = None) ->
   source = data.load_source(config.data)
   split = _load_or_make_split(source, config, workdir, is_chief)
 
-  learner = Learner(config, source.num_classes, source.image_shape)
+  learner = Learner(config, source.num_classes, source.image_shape,
+                    unlabeled_pool_size=data.unlabeled_pool_size(source))
   meta = checkpoint_lib.state_meta(config, source.num_classes, source.image_shape)
   ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                      max_to_keep=config.get('keep_checkpoints', 3))
@@ -175,6 +179,9 @@ def train_and_evaluate(config, workdir: str, max_steps: Optional[int] = None) ->
     diagnostics = config.grad_norms_by_term and step % config.log_every_steps == 0
     state, step_metrics = learner.step_fn(diagnostics)(state, batch)
     window.append(step_metrics)
+    if step == start_step + 1:
+      jax.block_until_ready(step_metrics)
+      progress.started(step)
     progress.bar(step)
     if step % config.log_every_steps == 0 or step == stop:
       history = [{k: float(v) for k, v in learner.host(m).items()} for m in window]

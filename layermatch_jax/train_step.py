@@ -5,8 +5,13 @@
   L_u = mean_i m_i CE(h_W~(g(x_s,i)), y_hat_i),   W~ = alpha W + (1 - alpha) sg(W)
   L_c = mean_i m_i CE(softmax(<z_s,i, C> / T), y_hat_i)
 
-with (y_hat, m) from the weak view. One forward pass over [x_l, x_w, x_s], so
-BatchNorm sees the whole global batch (cross-device through `axis_name`).
+with (y_hat, m) from the weak view by the pseudo-label policy (algorithms/
+policies.py): m is a hard mask (fixed, flexmatch, freematch) or a soft weight in
+[0, 1] (softmatch); L_u and Avg-Clustering (loss and centre update) use m as
+given. FreeMatch adds its fairness term w_f L_f ('fairness'), computed from the
+same strong-view logits as L_u, so Grad-ReLU scales its head gradient too.
+One forward pass over [x_l, x_w, x_s], so BatchNorm sees the whole global batch
+(cross-device through `axis_name`).
 
 Everything here runs per device inside `jax.pmap` (or `jax.vmap`) with the axis
 named `StepConfig.axis_name` bound: gradients and metrics are averaged over it,
@@ -21,12 +26,12 @@ import jax.numpy as jnp
 import optax
 
 from layermatch_jax import optim, views as views_lib
-from layermatch_jax.algorithms import avg_clustering, grad_relu, presets, pseudo_label
+from layermatch_jax.algorithms import avg_clustering, grad_relu, policies, presets
 from layermatch_jax.models import Classifier
 from layermatch_jax.state import TrainState
 
 AXIS = 'batch'
-TERMS = ('sup', 'unsup', 'cluster')
+TERMS = ('sup', 'unsup', 'cluster')  # Always present; see StepConfig.terms for the rest.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +40,7 @@ class StepConfig:
   num_classes: int
   learning_rate: float = 0.03
   total_steps: int = 2**20
-  threshold: float = 0.95
+  pseudo_label: policies.PolicyConfig = policies.PolicyConfig()
   unsup_weight: float = 1.0
   head_grad_scale: float = 0.0
   head_bias_grad_scale: float = 0.0
@@ -47,6 +52,7 @@ class StepConfig:
   mean: Tuple[float, ...] = (0.5, 0.5, 0.5)
   std: Tuple[float, ...] = (0.25, 0.25, 0.25)
   pad_fraction: float = 0.125
+  flip: bool = True
   num_ops: int = 2
   cutout_fraction: float = 0.5
   axis_name: Optional[str] = AXIS
@@ -58,7 +64,7 @@ class StepConfig:
         num_classes=num_classes,
         learning_rate=config.optim.learning_rate,
         total_steps=config.num_train_steps,
-        threshold=config.pseudo_label.threshold,
+        pseudo_label=policies.PolicyConfig.from_config(config, presets.resolve_policy(config)),
         center_momentum=config.layermatch.center_momentum,
         temperature=config.layermatch.temperature,
         ema_decay=config.optim.ema_decay,
@@ -66,9 +72,20 @@ class StepConfig:
         mean=tuple(config.data.mean),
         std=tuple(config.data.std),
         pad_fraction=config.augment.pad_fraction,
+        flip=config.augment.flip,
         num_ops=config.augment.num_ops,
         cutout_fraction=config.augment.cutout_fraction,
         **knobs)
+
+  @property
+  def threshold(self) -> float:
+    return self.pseudo_label.threshold
+
+  @property
+  def terms(self) -> Tuple[str, ...]:
+    """The loss terms of this step: TERMS, plus 'fairness' for FreeMatch."""
+    return TERMS + (('fairness',) if self.use_unlabeled and self.pseudo_label.has_fairness
+                    else ())
 
   @property
   def use_unlabeled(self) -> bool:
@@ -102,10 +119,12 @@ def _ratio(num, den, axis_name):
 
 
 def loss_terms(params, state: TrainState, views, sc: StepConfig):
-  """The weighted loss terms (L_s, lambda_u L_u, lambda_c L_c) and aux outputs.
+  """The weighted loss terms {name: value for name in sc.terms} and aux outputs.
 
   `views`: x_l [B,H,W,C] float, y_l [B] int, and when unlabeled data is used
-  x_w, x_s [muB,H,W,C] float and optionally y_u [muB] (hidden labels, -1 unknown).
+  x_w, x_s [muB,H,W,C] float, optionally y_u [muB] (hidden labels, -1 unknown)
+  and idx_u [muB] (pool index of each unlabeled image; FlexMatch needs it).
+  aux['policy'] is the policy state after this step.
   """
   head = lambda head_params, z: state.apply_fn(
       {'params': {'head': head_params}}, z, method=Classifier.classify)
@@ -122,12 +141,18 @@ def loss_terms(params, state: TrainState, views, sc: StepConfig):
       head(params['head'], z_l), views['y_l']).mean()
   aux = dict(batch_stats=updates['batch_stats'], z_l=jax.lax.stop_gradient(z_l))
   zero = jnp.zeros((), jnp.float32)
-  loss_unsup = loss_cluster = zero
+  loss_unsup = loss_cluster = loss_fairness = zero
+  aux.update(policy=state.policy, policy_metrics={})
 
   if sc.use_unlabeled:
     z_w, z_s = jnp.split(z[n_l:], 2)
-    probs_w = jax.nn.softmax(head(params['head'], jax.lax.stop_gradient(z_w)))
-    pseudo, mask = pseudo_label.fixed_threshold(probs_w, sc.threshold)
+    stopped_head = jax.lax.stop_gradient(params['head'])
+    probs_w = jax.nn.softmax(head(stopped_head, jax.lax.stop_gradient(z_w)))
+    probs_l = jax.nn.softmax(head(stopped_head, aux['z_l']))
+    sel = policies.select(state.policy,
+                          policies.PolicyInputs(probs_w, probs_l, views.get('idx_u')),
+                          sc.pseudo_label, sc.axis_name)
+    pseudo, mask = sel.labels, sel.weights
     # Grad-ReLU: the head sees the pseudo-label loss through W~ (alpha-scaled gradient).
     logits_s = head(grad_relu.mask_head(params['head'], sc.head_grad_scales), z_s)
     loss_unsup = jnp.mean(
@@ -135,29 +160,35 @@ def loss_terms(params, state: TrainState, views, sc: StepConfig):
     if sc.use_clustering:
       loss_cluster = avg_clustering.cluster_loss(z_s, state.cluster, pseudo, mask,
                                                  sc.temperature)
-    aux.update(z_w=jax.lax.stop_gradient(z_w), probs_w=probs_w, pseudo=pseudo, mask=mask)
+    if 'fairness' in sc.terms:
+      loss_fairness = policies.freematch_fairness(sel.state, jax.nn.softmax(logits_s), mask,
+                                                  sc.axis_name)
+    aux.update(z_w=jax.lax.stop_gradient(z_w), probs_w=probs_w, pseudo=pseudo, mask=mask,
+               policy=sel.state, policy_metrics=sel.metrics)
 
   terms = dict(sup=loss_sup, unsup=sc.unsup_weight * loss_unsup,
                cluster=sc.cluster_weight * loss_cluster)
-  aux.update(loss_unsup=loss_unsup, loss_cluster=loss_cluster)
+  if 'fairness' in sc.terms:
+    terms['fairness'] = sc.pseudo_label.fairness_weight * loss_fairness
+  aux.update(loss_unsup=loss_unsup, loss_cluster=loss_cluster, loss_fairness=loss_fairness)
   return terms, aux
 
 
 def total_loss(params, state, views, sc):
   terms, aux = loss_terms(params, state, views, sc)
-  return terms['sup'] + terms['unsup'] + terms['cluster'], (terms, aux)
+  return sum(terms[name] for name in sc.terms), (terms, aux)
 
 
 def term_gradients(state: TrainState, views, sc: StepConfig):
-  """Per-term gradients {'sup'|'unsup'|'cluster': {'backbone', 'head'}} and aux.
+  """Per-term gradients {name: {'backbone', 'head'} for name in sc.terms} and aux.
 
-  One forward pass and three backward passes (one per term), averaged over
-  devices. Their sum is the step's gradient.
+  One forward pass and one backward pass per term, averaged over devices. Their
+  sum is the step's gradient.
   """
   terms, vjp_fn, aux = jax.vjp(lambda p: loss_terms(p, state, views, sc), state.params,
                                has_aux=True)
   grads = {}
-  for name in TERMS:
+  for name in sc.terms:
     cotangent = {k: jnp.ones_like(v) if k == name else jnp.zeros_like(v)
                  for k, v in terms.items()}
     grads[name] = _pmean(vjp_fn(cotangent)[0], sc.axis_name)
@@ -168,11 +199,15 @@ def _metrics(terms, aux, views, sc: StepConfig) -> Dict[str, jax.Array]:
   axis = sc.axis_name
   m = dict(loss_sup=terms['sup'], loss_unsup=aux['loss_unsup'],
            loss_cluster=aux['loss_cluster'])
-  m['loss'] = terms['sup'] + terms['unsup'] + terms['cluster']
+  if 'fairness' in terms:
+    m['loss_fairness'] = aux['loss_fairness']
+  m['loss'] = sum(terms[name] for name in sc.terms)
   m = {k: _pmean(v, axis) for k, v in m.items()}
+  # Policy statistics are global already: the same value on every device.
+  m.update(aux['policy_metrics'])
   if sc.use_unlabeled:
     mask = aux['mask']
-    m['mask_ratio'] = _pmean(jnp.mean(mask), axis)
+    m['mask_ratio'] = _pmean(jnp.mean(mask), axis)  # SoftMatch: the mean weight.
     y_u = views.get('y_u')
     if y_u is not None:
       known = (y_u >= 0).astype(jnp.float32)
@@ -210,16 +245,18 @@ def train_step(state: TrainState, views, sc: StepConfig,
   for subtree in ('backbone', 'head'):
     metrics[f'grad_norm/{subtree}'] = optax.tree.norm(grads[subtree])
     if grad_norms_by_term:
-      for name in TERMS:
+      for name in sc.terms:
         metrics[f'grad_norm/{subtree}/{name}'] = optax.tree.norm(term_grads[name][subtree])
 
-  new_state = state.apply_gradients(grads=grads, batch_stats=aux['batch_stats'])
+  new_state = state.apply_gradients(grads=grads, batch_stats=aux['batch_stats'],
+                                    policy=aux['policy'])
   new_state = new_state.replace(ema_params=optax.incremental_update(
       new_state.params, state.ema_params, step_size=1.0 - ema_decay_at(state.step, sc)))
 
   if sc.use_clustering:
     # Centres move by their EMA rule only, from this step's (stopped) features:
-    # labeled samples with their labels, confident weak views with pseudo-labels.
+    # labeled samples with their labels, weak views with pseudo-labels weighted
+    # by the policy's m (a 0/1 mask, or SoftMatch's soft weights as given).
     feats = jnp.concatenate([aux['z_l'], aux['z_w']])
     labels = jnp.concatenate([views['y_l'], aux['pseudo']])
     weights = jnp.concatenate([jnp.ones_like(views['y_l'], jnp.float32), aux['mask']])
@@ -235,8 +272,8 @@ def train_step_on_batch(state: TrainState, batch, sc: StepConfig,
                         grad_norms_by_term: bool = False):
   """Augments a uint8 host batch on device, then runs `train_step`.
 
-  `batch`: labeled_image, labeled_label, unlabeled_image, unlabeled_label (the
-  per-device slice of the pipeline's batch).
+  `batch`: labeled_image, labeled_label, unlabeled_image, unlabeled_label and
+  unlabeled_index (the per-device slice of the pipeline's batch).
   """
   views = views_lib.make_views(state.rng, state.step, batch, sc)
   return train_step(state, views, sc, grad_norms_by_term)

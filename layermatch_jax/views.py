@@ -42,15 +42,17 @@ def make_views(rng, step, batch, sc):
 
   views = dict(
       x_l=augment_stream(batch['labeled_image'], _LABELED, augment.weak_augment,
-                         pad_fraction=sc.pad_fraction),
+                         pad_fraction=sc.pad_fraction, flip=sc.flip),
       y_l=batch['labeled_label'])
   if sc.use_unlabeled:
     unlabeled = batch['unlabeled_image']
     views['x_w'] = augment_stream(unlabeled, _WEAK, augment.weak_augment,
-                                  pad_fraction=sc.pad_fraction)
+                                  pad_fraction=sc.pad_fraction, flip=sc.flip)
     views['x_s'] = augment_stream(unlabeled, _STRONG, augment.strong_augment,
                                   num_ops=sc.num_ops, cutout_fraction=sc.cutout_fraction,
-                                  pad_fraction=sc.pad_fraction)
+                                  pad_fraction=sc.pad_fraction, flip=sc.flip)
     if 'unlabeled_label' in batch:
       views['y_u'] = batch['unlabeled_label']
+    if 'unlabeled_index' in batch:  # Pool indices, for FlexMatch's per-image record.
+      views['idx_u'] = batch['unlabeled_index']
   return views

@@ -1,6 +1,15 @@
-"""Test set-up: 8 simulated CPU devices, before JAX is imported anywhere."""
+"""Test set-up: 8 simulated CPU devices, before JAX is imported anywhere.
+
+A persistent compilation cache (also inherited by the CLI subprocesses) lets
+tests that build the same step, e.g. a run and its resumption, compile it once.
+"""
 
 import os
 
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(_ROOT, '.jax_cache'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')

@@ -39,9 +39,14 @@ def random_batch(rng: np.random.Generator, config, num_classes, size=8, channels
   )
 
 
-def random_views(rng: np.random.Generator, config, num_classes, size=8, channels=3):
+def random_views(rng: np.random.Generator, config, num_classes, size=8, channels=3,
+                 pool_size=None):
+  """Ready views; with `pool_size`, also idx_u (pool indices, repeats allowed) for FlexMatch."""
   b = config.batch_size
   u = b * config.uratio
   f = lambda n: rng.normal(size=(n, size, size, channels)).astype(np.float32)
-  return dict(x_l=f(b), y_l=rng.integers(0, num_classes, (b,)).astype(np.int32),
-              x_w=f(u), x_s=f(u), y_u=rng.integers(0, num_classes, (u,)).astype(np.int32))
+  views = dict(x_l=f(b), y_l=rng.integers(0, num_classes, (b,)).astype(np.int32),
+               x_w=f(u), x_s=f(u), y_u=rng.integers(0, num_classes, (u,)).astype(np.int32))
+  if pool_size is not None:
+    views['idx_u'] = rng.integers(0, pool_size, (u,)).astype(np.int32)
+  return views

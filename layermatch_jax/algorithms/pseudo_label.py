@@ -1,7 +1,7 @@
-"""Pseudo-label policies: which unlabeled samples train, with which label.
+"""FixMatch's fixed-threshold pseudo-labels, the 'fixed' policy.
 
-FixMatch's fixed threshold for now; FlexMatch/FreeMatch/SoftMatch slot in here
-with the same output: hard labels y_hat and a per-sample weight m in [0, 1].
+The other policies (FlexMatch, FreeMatch, SoftMatch) and the interface they
+share are in policies.py; all give hard labels y_hat and weights m in [0, 1].
 """
 
 import jax

@@ -145,7 +145,7 @@ def random_cutout(key, image, cutout_fraction=0.5, fill=0.5):
 
 
 def strong_augment(key, image, *, num_ops=2, cutout_fraction=0.5,
-                   pad_fraction=0.125, fill=0.5):
+                   pad_fraction=0.125, fill=0.5, flip=True):
   """Flip + pad-crop, RandAugment with `num_ops` ops, then Cutout.
 
   Args:
@@ -156,12 +156,13 @@ def strong_augment(key, image, *, num_ops=2, cutout_fraction=0.5,
       (0 disables Cutout).
     pad_fraction: static; as in weak_augment.
     fill: static; grey level for geometric ops' uncovered pixels and Cutout.
+    flip: static; as in weak_augment.
 
   Returns:
     The strong view, same shape and dtype, values in [0, 1].
   """
   key_weak, key_ra, key_cut = jax.random.split(key, 3)
-  image = weak.weak_augment(key_weak, image, pad_fraction=pad_fraction)
+  image = weak.weak_augment(key_weak, image, pad_fraction=pad_fraction, flip=flip)
   if num_ops > 0:
     image = rand_augment(key_ra, image, num_ops, fill)
   if cutout_fraction > 0:

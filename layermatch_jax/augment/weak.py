@@ -38,16 +38,19 @@ def random_pad_crop(key, image, pad_fraction=0.125):
   return jax.lax.dynamic_slice(padded, (dy, dx, 0), image.shape)
 
 
-def weak_augment(key, image, *, pad_fraction=0.125):
+def weak_augment(key, image, *, pad_fraction=0.125, flip=True):
   """Flip (p = 1/2), then reflect-pad by round(pad_fraction * side) and crop.
 
   Args:
     key: PRNG key for this image.
     image: float [H, W, C] in [0, 1].
     pad_fraction: static; padding as a share of each side (0 disables the crop).
+    flip: static; False for images whose mirror is another thing (digits, text).
 
   Returns:
     The weak view, same shape and dtype.
   """
   key_flip, key_crop = jax.random.split(key)
-  return random_pad_crop(key_crop, random_flip(key_flip, image), pad_fraction)
+  if flip:
+    image = random_flip(key_flip, image)
+  return random_pad_crop(key_crop, image, pad_fraction)

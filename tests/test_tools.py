@@ -1,0 +1,133 @@
+"""tools/evaluate.py and tools/plot.py on one tiny real workdir."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import default
+from layermatch_jax import metrics as metrics_lib
+from layermatch_jax import train
+from tests import helpers
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+
+
+def _tool(name, *args):
+  """Runs tools/<name>.py from the repo root with this process's env (XLA_FLAGS)."""
+  return subprocess.run([sys.executable, os.path.join('tools', f'{name}.py'), *args],
+                        cwd=REPO, env=dict(os.environ), capture_output=True, text=True,
+                        timeout=300)
+
+
+def _is_png(path):
+  with open(path, 'rb') as f:
+    return f.read(8) == PNG_MAGIC
+
+
+def _listing(root):
+  return sorted(os.path.join(d, n) for d, _, names in os.walk(root) for n in names)
+
+
+def _assert_error(proc):
+  assert proc.returncode == 2, proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error:'), proc.stderr
+  return lines[0]
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp('tools') / 'run')
+  config = helpers.tiny_config('layermatch', **{
+      'data.name': 'digits', 'data.num_labels': 50, 'data.image_size': 8,
+      'batch_size': 16, 'uratio': 2, 'num_train_steps': 40, 'eval_every_steps': 20,
+      'checkpoint_every_steps': 20, 'log_every_steps': 10, 'eval_batch_size': 64,
+      # One compiled train step, not a second with per-term gradient norms.
+      'grad_norms_by_term': False})
+  train.train_and_evaluate(config, path)
+  return path
+
+
+def test_evaluate_latest_matches_loop(workdir):
+  proc = _tool('evaluate', f'--workdir={workdir}')
+  assert proc.returncode == 0, proc.stderr
+  result = json.loads(proc.stdout)  # stdout is exactly one JSON object.
+  last_eval = metrics_lib.read_metrics(workdir, 'eval')[-1]
+  assert result['step'] == last_eval['step'] == 40
+  assert result['top1'] == pytest.approx(last_eval['top1'], abs=1e-6)
+  assert result['count'] == 360  # The digits test set.
+  per_class = result['per_class_accuracy']
+  assert sorted(per_class) == [str(k) for k in range(10)]
+  # Per-class accuracy weighted by each class's test count is the top1.
+  import sklearn.datasets  # pylint: disable=g-import-not-at-top
+  counts = np.bincount(sklearn.datasets.load_digits().target[1437:], minlength=10)
+  weighted = sum(per_class[str(k)] * counts[k] for k in range(10)) / counts.sum()
+  assert weighted == pytest.approx(result['top1'], abs=1e-6)
+  png = result['confusion_matrix_png']
+  assert png == os.path.join(workdir, 'confusion_step40.png')
+  assert _is_png(png)
+
+
+def test_evaluate_earlier_step_in_process(workdir, tmp_path):
+  from tools import evaluate  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path / 'cm20.png')
+  result = evaluate.evaluate(workdir, step=20, out=out)
+  first_eval = metrics_lib.read_metrics(workdir, 'eval')[0]
+  assert result['step'] == first_eval['step'] == 20
+  assert result['top1'] == pytest.approx(first_eval['top1'], abs=1e-6)
+  assert result['loss'] == pytest.approx(first_eval['loss'], rel=1e-4)
+  assert result['confusion_matrix_png'] == out and _is_png(out)
+
+
+def test_evaluate_unknown_step(workdir):
+  before = _listing(workdir)
+  line = _assert_error(_tool('evaluate', f'--workdir={workdir}', '--step=999'))
+  assert '999' in line and '20, 40' in line
+  assert _listing(workdir) == before  # Nothing written.
+
+
+def test_evaluate_bad_workdirs(tmp_path):
+  _assert_error(_tool('evaluate', f'--workdir={tmp_path / "missing"}'))
+  assert not (tmp_path / 'missing').exists()
+  line = _assert_error(_tool('evaluate', f'--workdir={tmp_path}'))
+  assert 'config.json' in line
+  (tmp_path / 'config.json').write_text('{}')
+  line = _assert_error(_tool('evaluate', f'--workdir={tmp_path}'))
+  assert 'checkpoint' in line
+  assert _listing(tmp_path) == [str(tmp_path / 'config.json')]
+
+
+def test_evaluate_fills_keys_newer_than_the_run(tmp_path):
+  from tools import evaluate  # pylint: disable=g-import-not-at-top
+  old = helpers.tiny_config().to_dict()
+  del old['augment']['flip'], old['seed']
+  (tmp_path / 'config.json').write_text(json.dumps(old))
+  notes = []
+  config = evaluate.load_config(str(tmp_path), notes)
+  assert config.augment.flip == default.get_config().augment.flip
+  assert 'augment.flip' in notes[0] and 'seed' in notes[0]
+  assert config.seed == 0 and config.model.name == 'wrn10_1'
+
+
+def test_plot(workdir, tmp_path):
+  proc = _tool('plot', workdir)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.strip() == os.path.join(workdir, 'curves.png')
+  assert _is_png(proc.stdout.strip())
+  out = str(tmp_path / 'two.png')
+  proc = _tool('plot', workdir, workdir, '--labels=a,b', f'--out={out}')
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.strip() == out and _is_png(out)
+
+
+def test_plot_bad_input(workdir, tmp_path):
+  line = _assert_error(_tool('plot', str(tmp_path / 'missing')))
+  assert 'missing' in line
+  line = _assert_error(_tool('plot', str(tmp_path)))
+  assert 'metrics.jsonl' in line
+  _assert_error(_tool('plot', workdir, '--labels=a,b'))

@@ -1,0 +1,252 @@
+"""Evaluates a saved checkpoint of a training workdir; writes a confusion matrix.
+
+  python tools/evaluate.py --workdir=/tmp/demo
+  python tools/evaluate.py --workdir=/tmp/demo --step=500 --split=train --out=/tmp/cm.png
+
+Rebuilds the run's config from WORKDIR/config.json, restores the checkpoint
+(latest, or --step) and evaluates its EMA parameters exactly as the training loop
+does. Prints one JSON object on stdout:
+
+  {"step", "split", "top1", "loss", "count", "per_class_accuracy": {name: acc},
+   "confusion_matrix_png": path}
+
+and writes the row-normalised confusion matrix as a PNG (default
+WORKDIR/confusion_step<N>.png; WORKDIR/confusion_train_step<N>.png for
+--split=train). Bad input ends with one line `error: ...` on stderr, exit
+status 2, and nothing written.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from typing import Optional
+
+# Runs as a script from the repo root without installing the package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+CONFIG_FILE = 'config.json'  # Same name as train.CONFIG_FILE; train is not imported early.
+# Cell text above this many classes would be unreadable.
+MAX_ANNOTATED_CLASSES = 20
+
+
+class ToolError(ValueError):
+  """Bad input to the tool; the message is the one `error:` line."""
+
+
+def fail(message) -> None:
+  """The one-line error contract of layermatch_jax.main: stderr, exit status 2."""
+  print(f'error: {" ".join(str(message).split())}', file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def load_config(workdir: str, notes: Optional[list] = None):
+  """The run's config from WORKDIR/config.json (tuples come back as lists).
+
+  Keys the run predates are taken from configs/default.py and named in `notes`.
+  """
+  if not os.path.isdir(workdir):
+    raise ToolError(f'--workdir={workdir} is not a directory: give a training workdir')
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise ToolError(f'{path} does not exist: --workdir must be a workdir written by '
+                    'layermatch_jax.main')
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  try:
+    with open(path) as f:
+      raw = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ToolError(f'{path} is not a readable config: {e}') from e
+  if not isinstance(raw, dict):
+    raise ToolError(f'{path} is not a config: a JSON object is expected, got {type(raw).__name__}')
+  config = ml_collections.ConfigDict(raw)
+  from configs import default  # pylint: disable=g-import-not-at-top
+  added = fill_missing(config, default.get_config())
+  if added and notes is not None:
+    # A run saved before these keys existed; the code now reads them.
+    notes.append(f'note: {path} lacks {", ".join(added)}: using configs/default.py values')
+  return config
+
+
+def fill_missing(config, defaults, prefix='') -> list:
+  """Adds keys of `defaults` that `config` lacks (in place); returns their names."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  added = []
+  for key, value in defaults.items():
+    if key not in config:
+      config[key] = value
+      added.append(prefix + key)
+    elif isinstance(value, ml_collections.ConfigDict) and isinstance(
+        config[key], ml_collections.ConfigDict):
+      added += fill_missing(config[key], value, f'{prefix}{key}.')
+  return added
+
+
+def default_out(workdir: str, step: int, split: str) -> str:
+  name = f'confusion_step{step}.png' if split == 'test' else f'confusion_{split}_step{step}.png'
+  return os.path.join(workdir, name)
+
+
+def confusion_matrix(labels, predictions, num_classes: int):
+  """Counts [true class, predicted class]."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  flat = np.asarray(labels, np.int64) * num_classes + np.asarray(predictions, np.int64)
+  return np.bincount(flat, minlength=num_classes * num_classes).reshape(
+      num_classes, num_classes)
+
+
+def plot_confusion(cm, class_names, path: str, title: str):
+  """Row-normalised matrix (rows: true class); cells annotated for few classes."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')  # No display: tools run on servers.
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  k = len(class_names)
+  totals = cm.sum(1, keepdims=True)
+  norm = cm / np.maximum(totals, 1)  # Classes absent from the split stay 0.
+  # Cells shrink with many classes, down to what a tick label can still name.
+  side = max(4.0, 0.45 * k + 2.0) if k <= 20 else min(0.2 * k + 4.0, 24.0)
+  font = max(4.0, min(9.0, 0.6 * (side - 2.0) * 72.0 / max(k, 1)))
+  fig, ax = plt.subplots(figsize=(side + 1.0, side))
+  im = ax.imshow(norm, cmap='Blues', vmin=0.0, vmax=1.0)
+  fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label='fraction of the true class')
+  ax.set_xticks(range(k))
+  ax.set_yticks(range(k))
+  # Names longer than a cell is wide would overlap unless turned.
+  if k > 20:
+    ax.set_xticklabels(class_names, rotation=90, fontsize=font)
+  elif max(len(n) for n in class_names) > 3:
+    ax.set_xticklabels(class_names, rotation=45, ha='right', rotation_mode='anchor',
+                       fontsize=font)
+  else:
+    ax.set_xticklabels(class_names, fontsize=font)
+  ax.set_yticklabels(class_names, fontsize=font)
+  ax.set_xlabel('predicted class')
+  ax.set_ylabel('true class')
+  ax.set_title(title, fontsize=10 if k <= 20 else 14)
+  if k <= MAX_ANNOTATED_CLASSES:
+    for i in range(k):
+      for j in range(k):
+        if cm[i, j] == 0:
+          continue
+        ax.text(j, i, f'{100 * norm[i, j]:.0f}%\n{cm[i, j]}', ha='center', va='center',
+                fontsize=font * 0.8, color='white' if norm[i, j] > 0.5 else 'black')
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def evaluate(workdir: str, step: Optional[int] = None, split: str = 'test',
+             out: Optional[str] = None, notes: Optional[list] = None) -> dict:
+  """Evaluates WORKDIR's checkpoint at `step` (default latest); writes the PNG.
+
+  Returns the dict the command line prints. Raises ToolError on bad input,
+  before anything is written. Remarks for the user are appended to `notes`.
+  """
+  if split not in ('test', 'train'):
+    raise ToolError(f'--split={split} is not valid: use test or train')
+  config = load_config(workdir, notes)
+  if out is not None:
+    out_dir = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(out_dir):
+      raise ToolError(f'--out={out}: directory {out_dir} does not exist')
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  # Checked here: the Checkpointer would create a missing directory.
+  if not os.path.isdir(ckpt_dir):
+    raise ToolError(f'no checkpoint in {workdir}: {ckpt_dir} does not exist')
+
+  # Imported late: the cheap checks above answer without starting JAX.
+  from layermatch_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  from layermatch_jax import config_lib, data, evaluation  # pylint: disable=g-import-not-at-top
+  from layermatch_jax.learner import Learner  # pylint: disable=g-import-not-at-top
+  expected = (config_lib.ConfigError, data.DataError, checkpoint_lib.CheckpointError)
+
+  ckpt = checkpoint_lib.Checkpointer(ckpt_dir, async_save=False)
+  try:
+    steps = sorted(ckpt.all_steps())
+    if not steps:
+      raise ToolError(f'no checkpoint in {ckpt_dir}: train first, or give another --workdir')
+    if step is None:
+      step = steps[-1]
+    elif step not in steps:
+      raise ToolError(f'--step={step} has no checkpoint in {ckpt_dir}: saved steps are '
+                      f'{", ".join(map(str, steps))}')
+    try:
+      config_lib.validate(config)
+      source = data.load_source(config.data)
+      # The pool size shapes some pseudo-label policies' state (FlexMatch).
+      learner = Learner(config, source.num_classes, source.image_shape,
+                        unlabeled_pool_size=data.unlabeled_pool_size(source))
+      # The loop's eval batch must split over its devices; ours may count
+      # differently. Batch size changes no count, so round it up to fit.
+      d = learner.num_devices
+      if config.eval_batch_size % d:
+        config.eval_batch_size = -(-config.eval_batch_size // d) * d
+      meta = checkpoint_lib.state_meta(config, source.num_classes, source.image_shape)
+      try:
+        host_state, _ = ckpt.restore(learner.init_host_state(), meta, step=step)
+      except ValueError as e:
+        # orbax's tree mismatch: the meta agrees but the state's structure does
+        # not, i.e. the checkpoint was written by another version of the code.
+        if isinstance(e, expected):
+          raise
+        raise ToolError(f'checkpoint {ckpt_dir}/{step} does not fit the train state this '
+                        f'code builds (written by another version?): {e}') from e
+      state = learner.replicate(host_state)
+      result = evaluation.evaluate_dataset(
+          learner, state, data.make_eval_iterator(source, config, num_devices=d, split=split),
+          return_predictions=True)
+    except expected as e:
+      raise ToolError(str(e)) from e
+  finally:
+    ckpt.close()
+
+  k = source.num_classes
+  cm = confusion_matrix(result['labels'], result['predictions'], k)
+  totals = cm.sum(1)
+  per_class = {name: (float(cm[c, c] / totals[c]) if totals[c] else None)
+               for c, name in enumerate(source.class_names)}
+  out = os.path.abspath(out or default_out(workdir, step, split))
+  plot_confusion(cm, list(source.class_names), out,
+                 f'{os.path.basename(os.path.abspath(workdir))} step {step}, {split} '
+                 f'({result["count"]} images): top1 {result["top1"]:.4f}')
+  return {'step': int(step), 'split': split, 'top1': float(result['top1']),
+          'loss': float(result['loss']), 'count': int(result['count']),
+          'per_class_accuracy': per_class, 'confusion_matrix_png': out}
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  # argparse's own errors are a usage block; the contract is one line.
+  parser.error = fail
+  parser.add_argument('--workdir', required=True, help='A training workdir.')
+  parser.add_argument('--step', type=int, default=None,
+                      help='Checkpoint step (default: the latest saved).')
+  parser.add_argument('--split', default='test', choices=('test', 'train'),
+                      help='Which split to evaluate.')
+  parser.add_argument('--out', default=None,
+                      help='PNG path (default WORKDIR/confusion_step<N>.png).')
+  return parser.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  # orbax logs every restore at INFO.
+  logging.set_verbosity(logging.WARNING)
+  notes = []
+  try:
+    # stdout carries only the JSON object: anything printed on the way goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+      result = evaluate(args.workdir, args.step, args.split, args.out, notes)
+  except ToolError as e:
+    fail(e)  # Only the error line: notes would break the one-line contract.
+  for note in notes:
+    print(note, file=sys.stderr)
+  print(json.dumps(result, indent=2))
+
+
+if __name__ == '__main__':
+  main()
