@@ -4,7 +4,9 @@
 
 No download: the 1797 8x8 digits ship with scikit-learn (1437 train, 360 test).
 50 labels (5 per class), the other train images unlabeled. WRN-10-1 on 16x16.
-Expected runtime and accuracy: not measured yet.
+Expected runtime and accuracy (2-core CPU, seed 0, measured): 4.5 minutes, test
+top-1 0.911; `--config.algorithm=supervised` with the same labels 0.847,
+`--config.algorithm=fixmatch` 0.978 (README, Results).
 """
 
 from configs import default
