@@ -74,9 +74,6 @@ class Checkpointer:
           f'builds ({first}); use another --workdir') from e
     return restored.state, restored.data
 
-  def wait(self):
-    self._manager.wait_until_finished()
-
   def close(self):
     self._manager.wait_until_finished()
     self._manager.close()

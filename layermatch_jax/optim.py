@@ -30,7 +30,3 @@ def make_optimizer(optim_config, total_steps: int) -> optax.GradientTransformati
       optax.masked(optax.add_decayed_weights(optim_config.weight_decay), kernel_mask),
       optax.sgd(schedule, momentum=optim_config.momentum, nesterov=optim_config.nesterov),
   )
-
-
-def make_schedule(optim_config, total_steps: int) -> optax.Schedule:
-  return fixmatch_cosine_schedule(optim_config.learning_rate, total_steps)
