@@ -1,0 +1,33 @@
+"""The CPU learning budget: CIFAR-10 (JPEG folder) at 16x16 px, WRN-10-1, 1500 steps.
+
+  mkdir -p /tmp/cifar10 && tar xzf ../shared/data/cifar10-jpeg.tar.gz -C /tmp/cifar10
+  python -m layermatch_jax.main --config=configs/cifar10_cpu.py --workdir=DIR \
+      --config.data.dir=/tmp/cifar10 --config.data.num_labels=250
+
+What tools/learning_benchmark.py --budget=cpu runs, once per algorithm, label
+count and seed. The images are downscaled to 16x16 so that a run fits in about
+5 minutes on a 2-core CPU (WRN-10-1 at 32x32 is ~5x slower per step); the whole
+train set is the unlabeled pool, the whole test set (10,000) is evaluated.
+Expected runtime and accuracy: ~5 minutes on a 2-core CPU with 2 host devices;
+test top-1 (mean of 3 seeds) in BENCHMARKS.md.
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.data.name = 'folder'
+  config.data.num_labels = 250
+  config.data.image_size = 16
+  config.model.name = 'wrn10_1'
+  # Short run: BatchNorm statistics must follow the weights quickly.
+  config.model.bn_momentum = 0.99
+  config.batch_size = 32
+  config.uratio = 4
+  config.eval_batch_size = 500
+  config.num_train_steps = 1500
+  config.log_every_steps = 100
+  config.eval_every_steps = 250
+  config.checkpoint_every_steps = 1000
+  return config

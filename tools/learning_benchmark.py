@@ -1,0 +1,259 @@
+"""Learning benchmark: supervised vs FixMatch vs LayerMatch (and the policy family)
+on CIFAR-10 as an image folder, with the same seeds, label splits and step budget.
+
+  python tools/learning_benchmark.py --data=../shared/data/cifar10-jpeg.tar.gz \
+      --budget=cpu --out=benchmarks/cifar10_cpu
+  python tools/learning_benchmark.py --data=/tmp/cifar10 --budget=gpu --out=DIR --steps=50000
+
+--data is the .tar.gz (unpacked once into --unpack_dir) or an unpacked folder
+(train/<class>/*, test/<class>/*). Budgets:
+  cpu  configs/cifar10_cpu.py: 16x16 px, WRN-10-1, B=32, mu=4, 1500 steps (~5 min a
+       run on a 2-core CPU); 40 and 250 labels; seeds 0, 1, 2.
+  gpu  configs/folder.py: 32x32 px, WRN-28-2, B=64, mu=7, full recipe; 40 labels;
+       --steps as many as fit (default 100000).
+Each run is `python -m layermatch_jax.main` in its own process and workdir
+OUT/runs/ALGORITHM-LABELS-sSEED; a finished run (summary.json) is not rerun, so
+an interrupted benchmark continues where it stopped. Writes OUT/results.json,
+OUT/results.md (mean +- std of the final test top-1 over seeds, per-seed values)
+and OUT/accuracy.png (test top-1 against the step, mean over seeds).
+Bad input ends with one line `error: ...` on stderr and exit status 2.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from layermatch_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+
+# Name in the table -> config overrides. `lm+POLICY` is LayerMatch's two parts
+# (Grad-ReLU, Avg-Clustering) on top of POLICY's pseudo-label selection.
+ALGORITHMS = {
+    'supervised': {'algorithm': 'supervised'},
+    'fixmatch': {'algorithm': 'fixmatch'},
+    'layermatch': {'algorithm': 'layermatch'},
+    'flexmatch': {'algorithm': 'flexmatch'},
+    'lm+flexmatch': {'algorithm': 'layermatch', 'pseudo_label.policy': 'flexmatch'},
+    'freematch': {'algorithm': 'freematch'},
+    'lm+freematch': {'algorithm': 'layermatch', 'pseudo_label.policy': 'freematch'},
+    'softmatch': {'algorithm': 'softmatch'},
+    'lm+softmatch': {'algorithm': 'layermatch', 'pseudo_label.policy': 'softmatch'},
+}
+
+BUDGETS = {
+    'cpu': dict(config='configs/cifar10_cpu.py', num_labels=(40, 250), seeds=(0, 1, 2),
+                steps=None, devices=2, overrides={}),
+    'gpu': dict(config='configs/folder.py', num_labels=(40,), seeds=(0, 1, 2), steps=100000,
+                devices=None,
+                overrides={'model.name': 'wrn28_2', 'eval_every_steps': 2000,
+                           'checkpoint_every_steps': 5000, 'log_every_steps': 500}),
+}
+
+
+class ToolError(ValueError):
+  """Bad input; the message is the one `error:` line."""
+
+
+def fail(message):
+  print(f'error: {" ".join(str(message).split())}', file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def prepare_data(data: str, unpack_dir: str) -> str:
+  """The image folder to train on: `data` itself, or the archive unpacked."""
+  if os.path.isdir(data):
+    folder = data
+  elif os.path.isfile(data) and data.endswith(('.tar.gz', '.tgz', '.tar')):
+    folder = unpack_dir
+    if not os.path.isdir(os.path.join(folder, 'train')):
+      print(f'Unpacking {data} into {folder}', flush=True)
+      os.makedirs(folder, exist_ok=True)
+      with tarfile.open(data) as tar:
+        tar.extractall(folder, filter='data')
+  else:
+    raise ToolError(f'--data={data} is neither a folder nor a .tar.gz archive')
+  for sub in ('train', 'test'):
+    if not os.path.isdir(os.path.join(folder, sub)):
+      raise ToolError(f'{folder} has no {sub}/ folder: give CIFAR-10 as '
+                      'train/<class>/*.jpg and test/<class>/*.jpg')
+  return folder
+
+
+def run_name(algorithm: str, num_labels: int, seed: int) -> str:
+  return f'{algorithm.replace("+", "_")}-{num_labels}-s{seed}'
+
+
+def command(budget: dict, folder: str, workdir: str, algorithm: str, num_labels: int,
+            seed: int, steps) -> list:
+  overrides = dict(budget['overrides'], **ALGORITHMS[algorithm])
+  overrides.update({'data.dir': folder, 'data.num_labels': num_labels, 'seed': seed})
+  if steps:
+    overrides['num_train_steps'] = steps
+  return ([sys.executable, '-m', 'layermatch_jax.main', f'--config={budget["config"]}',
+           f'--workdir={workdir}'] + [f'--config.{k}={v}' for k, v in overrides.items()])
+
+
+def run_one(cmd, workdir: str, devices) -> dict:
+  """Runs (or resumes) one training; returns its summary."""
+  summary_path = os.path.join(workdir, 'summary.json')
+  if not os.path.exists(summary_path):
+    env = dict(os.environ)
+    if devices:
+      env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
+                          f' --xla_force_host_platform_device_count={devices}').strip()
+    os.makedirs(workdir, exist_ok=True)
+    t0 = time.time()
+    with open(os.path.join(workdir, 'stdout.log'), 'a') as log:
+      rc = subprocess.call(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if rc != 0:
+      raise ToolError(f'run {workdir} failed with exit status {rc}: see {workdir}/stdout.log')
+    print(f'  done in {time.time() - t0:.0f} s', flush=True)
+  with open(summary_path) as f:
+    return json.load(f)
+
+
+def eval_curve(workdir: str):
+  records = metrics_lib.read_metrics(workdir, 'eval')
+  return [r['step'] for r in records], [r['top1'] for r in records]
+
+
+def aggregate(results: list) -> list:
+  """Rows (algorithm, labels) with mean/std over seeds."""
+  rows = {}
+  for r in results:
+    rows.setdefault((r['algorithm'], r['num_labels']), []).append(r)
+  out = []
+  for (algorithm, num_labels), runs in rows.items():
+    final = np.array([r['final_top1'] for r in runs])
+    out.append(dict(algorithm=algorithm, num_labels=num_labels, seeds=[r['seed'] for r in runs],
+                    final_top1=[float(x) for x in final], mean=float(final.mean()),
+                    std=float(final.std(ddof=1)) if len(final) > 1 else 0.0,
+                    wall_s=float(np.mean([r['wall_s'] for r in runs]))))
+  return out
+
+
+def markdown(rows: list, header: str) -> str:
+  lines = [header, '',
+           '| algorithm | labels | test top-1, mean +- std | per seed | wall / run |',
+           '|---|---|---|---|---|']
+  for r in sorted(rows, key=lambda r: (r['num_labels'], list(ALGORITHMS).index(r['algorithm']))):
+    per_seed = ', '.join(f'{x:.4f}' for x in r['final_top1'])
+    lines.append(f"| {r['algorithm']} | {r['num_labels']} | {r['mean']:.4f} +- {r['std']:.4f} "
+                 f"| {per_seed} | {r['wall_s'] / 60:.1f} min |")
+  return '\n'.join(lines) + '\n'
+
+
+def plot(results: list, out: str):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  labels = sorted({r['num_labels'] for r in results})
+  fig, axes = plt.subplots(1, len(labels), figsize=(6 * len(labels), 4), squeeze=False)
+  for ax, num_labels in zip(axes[0], labels):
+    for i, algorithm in enumerate(a for a in ALGORITHMS
+                                  if any(r['algorithm'] == a for r in results)):
+      curves = [r['curve'] for r in results
+                if r['algorithm'] == algorithm and r['num_labels'] == num_labels]
+      if not curves:
+        continue
+      n = min(len(c[0]) for c in curves)
+      steps = curves[0][0][:n]
+      mean = np.mean([c[1][:n] for c in curves], axis=0)
+      ax.plot(steps, mean, color=f'C{i}', marker='o', markersize=3,
+              label=f'{algorithm} ({len(curves)} seeds)')
+    ax.set_title(f'{num_labels} labels')
+    ax.set_xlabel('step')
+    ax.set_ylabel('test top-1 (EMA)')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out, dpi=100)
+  plt.close(fig)
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.error = fail
+  parser.add_argument('--data', required=True, help='CIFAR-10 folder or .tar.gz archive.')
+  parser.add_argument('--out', required=True, help='Output directory (runs, tables, plot).')
+  parser.add_argument('--budget', default='cpu', help='cpu | gpu')
+  parser.add_argument('--algorithms', default='supervised,fixmatch,layermatch',
+                      help=f'Comma-separated, from: {",".join(ALGORITHMS)}')
+  parser.add_argument('--num_labels', default=None, help='Comma-separated (budget default).')
+  parser.add_argument('--seeds', default=None, help='Comma-separated (budget default).')
+  parser.add_argument('--steps', type=int, default=None, help='Train steps (budget default).')
+  parser.add_argument('--unpack_dir', default='/tmp/layermatch_cifar10',
+                      help='Where a --data archive is unpacked.')
+  parser.add_argument('--dry_run', action='store_true', help='Print the commands only.')
+  return parser.parse_args(argv)
+
+
+def _int_list(text, name):
+  try:
+    values = tuple(int(x) for x in text.split(','))
+  except ValueError:
+    raise ToolError(f'--{name}={text!r} is not valid: give comma-separated integers') from None
+  return values
+
+
+def main(argv):
+  args = parse_args(argv)
+  if args.budget not in BUDGETS:
+    raise ToolError(f'--budget={args.budget!r} is not valid: use one of {sorted(BUDGETS)}')
+  budget = BUDGETS[args.budget]
+  algorithms = args.algorithms.split(',')
+  for a in algorithms:
+    if a not in ALGORITHMS:
+      raise ToolError(f'--algorithms: {a!r} is not one of {", ".join(ALGORITHMS)}')
+  num_labels = _int_list(args.num_labels, 'num_labels') if args.num_labels else budget['num_labels']
+  seeds = _int_list(args.seeds, 'seeds') if args.seeds else budget['seeds']
+  steps = args.steps or budget['steps']
+  folder = prepare_data(args.data, args.unpack_dir)
+  out = os.path.abspath(args.out)
+  os.makedirs(os.path.join(out, 'runs'), exist_ok=True)
+
+  results = []
+  # Seed-major order: a benchmark stopped early still has every algorithm per seed.
+  for seed in seeds:
+    for labels in num_labels:
+      for algorithm in algorithms:
+        workdir = os.path.join(out, 'runs', run_name(algorithm, labels, seed))
+        cmd = command(budget, folder, workdir, algorithm, labels, seed, steps)
+        if args.dry_run:
+          print(' '.join(cmd))
+          continue
+        print(f'{algorithm}, {labels} labels, seed {seed}: {workdir}', flush=True)
+        summary = run_one(cmd, workdir, budget['devices'])
+        results.append(dict(algorithm=algorithm, num_labels=labels, seed=seed,
+                            final_top1=summary['final_top1'], best_top1=summary['best_top1'],
+                            steps=summary['steps'], wall_s=summary['wall_s'],
+                            curve=eval_curve(workdir)))
+  if args.dry_run:
+    return
+  rows = aggregate(results)
+  commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT,
+                          capture_output=True, text=True).stdout.strip()
+  header = (f'Budget {args.budget} ({budget["config"]}, {results[0]["steps"]} steps), '
+            f'data {args.data}, seeds {",".join(map(str, seeds))}, commit {commit or "?"}')
+  with open(os.path.join(out, 'results.json'), 'w') as f:
+    json.dump(dict(budget=args.budget, commit=commit, runs=results, rows=rows), f, indent=1)
+  table = markdown(rows, header)
+  with open(os.path.join(out, 'results.md'), 'w') as f:
+    f.write(table)
+  plot(results, os.path.join(out, 'accuracy.png'))
+  print(table)
+
+
+if __name__ == '__main__':
+  try:
+    main(sys.argv[1:])
+  except ToolError as e:
+    fail(e)
