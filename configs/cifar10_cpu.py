@@ -8,7 +8,7 @@ What tools/learning_benchmark.py --budget=cpu runs, once per algorithm, label
 count and seed. The images are downscaled to 16x16 so that a run fits in about
 5 minutes on a 2-core CPU (WRN-10-1 at 32x32 is ~5x slower per step); the whole
 train set is the unlabeled pool, the whole test set (10,000) is evaluated.
-Expected runtime and accuracy: ~5 minutes on a 2-core CPU with 2 host devices;
+Expected runtime and accuracy: ~5 minutes on a 2-core CPU (one host device);
 test top-1 (mean of 3 seeds) in BENCHMARKS.md.
 """
 
