@@ -27,6 +27,10 @@ def get_config():
   config.eval_every_steps = 5000
   config.log_every_steps = 100
   config.checkpoint_every_steps = 5000
+  config.keep_checkpoints = 3  # Newest checkpoints kept on disk.
+  # True: a workdir holding a run continues it. False: refuse such a workdir
+  # instead of continuing (never overwrite it).
+  config.resume = True
 
   config.batch_size = 64  # Labeled images per step, over all devices.
   config.uratio = 7  # mu: unlabeled images per labeled image.

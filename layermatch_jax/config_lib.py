@@ -38,6 +38,8 @@ def validate(config):
               'checkpoint_every_steps', 'batch_size', 'eval_batch_size', 'data.image_size',
               'data.num_labels'):
     _check(config, key, *positive_int)
+  _check(config, 'keep_checkpoints', *positive_int)
+  _check(config, 'resume', lambda v: isinstance(v, bool), 'True or False')
   _check(config, 'uratio', lambda v: _is_int(v) and v >= 0, 'an integer >= 0')
   _check(config, 'seed', _is_int, 'an integer')
   _check(config, 'algorithm', lambda v: v in presets.PRESETS, f'one of {sorted(presets.PRESETS)}')

@@ -4,7 +4,9 @@ Config values are overridden with --config.KEY=VALUE. Bad input of any kind ends
 with one line `error: ...` on stderr and exit status 2.
 """
 
+import asyncio
 import importlib.util
+import os
 import sys
 
 from absl import app
@@ -19,12 +21,34 @@ config_flags.DEFINE_config_file(
     lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and the summary.')
 flags.mark_flags_as_required(['config', 'workdir'])
+# Several processes (see distributed.py); a Cloud TPU slice needs none of these.
+flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 (multi-process runs).')
+flags.DEFINE_integer('num_processes', None, 'Processes in the run (multi-process runs).')
+flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes).')
 
 
 def fail(message: str):
   """The one-line error contract: `error: ...` on stderr, exit status 2."""
   print(f'error: {" ".join(str(message).split())}', file=sys.stderr, flush=True)
   sys.exit(2)
+
+
+def _ignore_callbacks_into_closed_loops():
+  """Makes call_soon_threadsafe on a closed asyncio loop a no-op (CLI only).
+
+  After orbax abandons a failed checkpoint read or write, tensorstore still
+  completes the abandoned futures; each completion schedules a callback into
+  orbax's already closed loop and prints a RuntimeError traceback from C++,
+  around the one `error:` line. Nothing can run on a closed loop anyway.
+  """
+  original = asyncio.BaseEventLoop.call_soon_threadsafe
+
+  def call_soon_threadsafe(self, *args, **kwargs):
+    if self.is_closed():
+      return None
+    return original(self, *args, **kwargs)
+
+  asyncio.BaseEventLoop.call_soon_threadsafe = call_soon_threadsafe
 
 
 def _unknown_override(argv):
@@ -65,13 +89,23 @@ def parse_flags(argv):
 
 def main(argv):
   del argv
+  _ignore_callbacks_into_closed_loops()
   if not FLAGS['verbosity'].present:
     # orbax logs every checkpoint step at INFO; the trainer prints its own progress.
     logging.set_verbosity(logging.WARNING)
+    # A failed checkpoint write is reported by the trainer as one `error:` line;
+    # orbax's background threads would log it again with tracebacks.
+    logging.get_absl_logger().addFilter(
+        lambda record: f'{os.sep}orbax{os.sep}' not in record.pathname)
   # Imported after flag parsing: a bad flag fails fast, before JAX starts.
+  from layermatch_jax import distributed  # pylint: disable=g-import-not-at-top
+  try:
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  except distributed.DistributedError as e:
+    fail(e)
   from layermatch_jax import checkpoint, config_lib, data, train  # pylint: disable=g-import-not-at-top
   expected = (config_lib.ConfigError, data.DataError, checkpoint.CheckpointError,
-              train.WorkdirError)
+              train.WorkdirError, train.NonFiniteError)
   config = FLAGS.config
   if not isinstance(config, ml_collections.ConfigDict):
     # config_flags defers a load failure to the first use of the config.
@@ -82,9 +116,19 @@ def main(argv):
       fail(f'--config={config_flags.get_config_filename(FLAGS["config"])} could not be '
            f'loaded ({reason}); give a path like configs/demo.py')
   try:
-    train.train_and_evaluate(config, FLAGS.workdir)
+    result = train.train_and_evaluate(config, FLAGS.workdir)
   except expected as e:
-    fail(e)
+    try:
+      fail(e)
+    except SystemExit:
+      # Leave without interpreter teardown: tensorstore callbacks of an
+      # abandoned checkpoint write would print tracebacks after the error line.
+      sys.stdout.flush()
+      os._exit(2)  # pylint: disable=protected-access
+  if result.get('preempted'):
+    # Stopped by SIGTERM/SIGINT after checkpointing: 128 + the signal, as a
+    # shell reports a signal, so a supervisor knows the run is not finished.
+    sys.exit(result['exit_status'])
 
 
 if __name__ == '__main__':

@@ -53,13 +53,22 @@ class MetricWriter:
       self._tb.close()
 
 
+def _parse(line: str) -> Optional[dict]:
+  """One record; None for a line cut short by a crash (kill -9 mid-write)."""
+  try:
+    record = json.loads(line)
+  except ValueError:
+    return None
+  return record if isinstance(record, dict) and 'step' in record else None
+
+
 def read_metrics(workdir: str, split: Optional[str] = None) -> List[dict]:
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    records = [json.loads(line) for line in f if line.strip()]
-  return [r for r in records if split is None or r['split'] == split]
+    records = [_parse(line) for line in f if line.strip()]
+  return [r for r in records if r is not None and (split is None or r['split'] == split)]
 
 
 def truncate_after(workdir: str, step: int):
@@ -72,7 +81,8 @@ def truncate_after(workdir: str, step: int):
     return
   with open(path) as f:
     lines = [line for line in f if line.strip()]
-  keep = [line for line in lines if json.loads(line)['step'] <= step]
+  keep = [line for line in lines
+          if _parse(line) is not None and _parse(line)['step'] <= step]
   if len(keep) == len(lines):
     return
   tmp = path + '.tmp'

@@ -42,7 +42,9 @@ def unreplicate(tree):
   """
   def first(x):
     if isinstance(x, jax.Array):
-      return np.asarray(x.addressable_shards[0].data).reshape(x.shape[1:])
+      # A copy: on CPU np.asarray can alias the device buffer, which the next
+      # donating step overwrites (a checkpoint written later would change).
+      return np.array(x.addressable_shards[0].data, copy=True).reshape(x.shape[1:])
     return np.asarray(x)[0]
   return jax.tree.map(first, tree)
 

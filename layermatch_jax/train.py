@@ -17,6 +17,7 @@ import numpy as np
 from layermatch_jax import checkpoint as checkpoint_lib
 from layermatch_jax import config_lib, data, evaluation
 from layermatch_jax import metrics as metrics_lib
+from layermatch_jax import preemption
 from layermatch_jax.learner import Learner
 
 SUMMARY_FILE = 'summary.json'
@@ -25,6 +26,24 @@ CONFIG_FILE = 'config.json'
 
 class WorkdirError(ValueError):
   """A workdir that cannot be used as asked."""
+
+
+class NonFiniteError(ValueError):
+  """A loss or gradient became NaN or infinite; no checkpoint was written after it."""
+
+
+# Per-step metrics that must stay finite, in the order a message names them.
+_FINITE_KEYS = ('loss_sup', 'loss_unsup', 'loss_cluster', 'loss_fairness', 'loss',
+                'grad_norm/backbone', 'grad_norm/head')
+
+
+def first_non_finite(steps, history):
+  """(step, key, value) of the first non-finite loss term or gradient norm, or None."""
+  for step, m in zip(steps, history):
+    for key in _FINITE_KEYS:
+      if key in m and not np.isfinite(m[key]):
+        return step, key, m[key]
+  return None
 
 
 def _write_json(path: str, obj):
@@ -36,10 +55,22 @@ def _write_json(path: str, obj):
   os.replace(tmp, path)
 
 
-def _prepare_workdir(workdir: str):
+def _prepare_workdir(workdir: str, resume: bool):
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f'--workdir={workdir} is a file: give a directory (new or a run to resume)')
-  os.makedirs(workdir, exist_ok=True)
+  if not resume and os.path.isdir(workdir):
+    held = [f for f in (CONFIG_FILE, metrics_lib.METRICS_FILE, 'checkpoints', SUMMARY_FILE)
+            if os.path.exists(os.path.join(workdir, f))]
+    if held:
+      raise WorkdirError(
+          f'--workdir={workdir} already holds a run ({", ".join(held)}) and '
+          'config.resume=False does not overwrite it: give a new --workdir, or drop '
+          '--config.resume=False to continue that run')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise WorkdirError(f'--workdir={workdir} cannot be created ({e.strerror or e}): '
+                       'give a directory you can write to') from e
 
 
 def _load_or_make_split(source, config, workdir: str, is_chief: bool):
@@ -62,9 +93,10 @@ def _load_or_make_split(source, config, workdir: str, is_chief: bool):
 class Progress:
   """A line every log step; a one-line bar between them on a terminal."""
 
-  def __init__(self, total: int, start: int):
+  def __init__(self, total: int, start: int, enabled: bool = True):
     self.total, self.start = total, start
-    self.tty = sys.stdout.isatty()
+    self.enabled = enabled
+    self.tty = enabled and sys.stdout.isatty()
     self.t0 = None  # Set after the first (compiling) step.
     self.t0_step = start
     self._last_bar = 0.0
@@ -90,7 +122,8 @@ class Progress:
     sys.stdout.flush()
 
   def line(self, text: str):
-    print(('\r' if self.tty else '') + text, flush=True)
+    if self.enabled:
+      print(('\r' if self.tty else '') + text, flush=True)
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -124,28 +157,32 @@ def train_and_evaluate(config, workdir: str, max_steps: Optional[int] = None) ->
   Returns the summary (or, when stopped early, the latest metrics).
   """
   config_lib.validate(config)
-  _prepare_workdir(workdir)
+  _prepare_workdir(workdir, config.resume)
   is_chief = jax.process_index() == 0
   source = data.load_source(config.data)
   split = _load_or_make_split(source, config, workdir, is_chief)
 
+  say = (lambda text: print(text, flush=True)) if is_chief else (lambda text: None)
   learner = Learner(config, source.num_classes, source.image_shape,
                     unlabeled_pool_size=data.unlabeled_pool_size(source))
   meta = checkpoint_lib.state_meta(config, source.num_classes, source.image_shape)
   ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
-                                     max_to_keep=config.get('keep_checkpoints', 3))
+                                     max_to_keep=config.keep_checkpoints,
+                                     primary=is_chief)
   host_state = learner.init_host_state()
   train_iter = data.make_train_iterator(
       source, split, config, num_devices=learner.num_devices,
       process_index=jax.process_index(), process_count=jax.process_count())
   start_step, wall_before = 0, 0.0
   if ckpt.latest_step() is not None:
-    host_state, data_state = ckpt.restore(host_state, meta)
+    host_state, data_state, saved_step = ckpt.restore_latest(host_state, meta)
     train_iter.set_state(data_state['iterator'])
     start_step, wall_before = int(host_state.step), float(data_state.get('wall_s', 0.0))
-    print(f'Resuming from {ckpt.directory}/{start_step}', flush=True)
-    if is_chief:
-      metrics_lib.truncate_after(workdir, start_step)
+    say(f'Resuming from {ckpt.directory}/{saved_step}')
+  if is_chief:
+    # Lines a killed attempt logged after the step resumed from (or a line it
+    # left half-written) would be logged twice.
+    metrics_lib.truncate_after(workdir, start_step)
   if is_chief:
     if start_step == 0 or not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
       _write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
@@ -156,13 +193,14 @@ def train_and_evaluate(config, workdir: str, max_steps: Optional[int] = None) ->
   total = config.num_train_steps
   stop = total if max_steps is None else min(total, max_steps)
   images_per_step = config.batch_size * (1 + config.uratio)
-  progress = Progress(total, start_step)
+  progress = Progress(total, start_step, enabled=is_chief)
   t_start = time.time()
   window = []  # This logging window's per-step metrics, still on device.
 
   def evaluate(step):
     result = evaluation.evaluate_dataset(learner, state, data.make_eval_iterator(
-        source, config, num_devices=learner.num_devices))
+        source, config, num_devices=learner.num_devices,
+        process_index=jax.process_index(), process_count=jax.process_count()))
     writer.write(step, 'eval', dict(top1=result['top1'], loss=result['loss']))
     progress.line(f"eval step {step}: top1 {result['top1']:.4f} loss {result['loss']:.4f} "
                   f"({result['count']} images)")
@@ -174,27 +212,66 @@ def train_and_evaluate(config, workdir: str, max_steps: Optional[int] = None) ->
     ckpt.save(step, learner.host(state), data_state, meta)
 
   last_metrics = {}
-  for step in range(start_step + 1, stop + 1):
-    batch = next(train_iter)
-    diagnostics = config.grad_norms_by_term and step % config.log_every_steps == 0
-    state, step_metrics = learner.step_fn(diagnostics)(state, batch)
-    window.append(step_metrics)
-    if step == start_step + 1:
-      jax.block_until_ready(step_metrics)
-      progress.started(step)
-    progress.bar(step)
-    if step % config.log_every_steps == 0 or step == stop:
-      history = [{k: float(v) for k, v in learner.host(m).items()} for m in window]
-      window = []
-      last_metrics = metrics_lib.mean_metrics(history)
-      steps_per_s, eta = progress.timing(step)
-      last_metrics['img_per_sec'] = steps_per_s * images_per_step
-      writer.write(step, 'train', last_metrics)
-      progress.line(_log_line(step, total, last_metrics, last_metrics['img_per_sec'], eta))
-    if step % config.eval_every_steps == 0 or step == total:
-      evaluate(step)
-    if step % config.checkpoint_every_steps == 0 or step == stop:
-      save(step)
+  last_saved = start_step
+  window_start = start_step + 1  # The step of window[0].
+
+  fetched = []  # The window's metrics already on the host (checked).
+
+  def check_window():
+    """Fetches the window's metrics; stops the run at a non-finite one."""
+    nonlocal window, window_start
+    history = [{k: float(v) for k, v in learner.host(m).items()} for m in window]
+    steps = range(window_start, window_start + len(history))
+    window, window_start = [], window_start + len(history)
+    fetched.extend(history)
+    bad = first_non_finite(steps, history)
+    if bad is not None:
+      bad_step, key, value = bad
+      ckpt.close()
+      writer.close()
+      raise NonFiniteError(
+          f'{key} is {value} at step {bad_step}; stopped without writing a checkpoint after '
+          f'it (the latest, step {ckpt.latest_step()}, is from before): lower '
+          f'optim.learning_rate (now {config.optim.learning_rate}) or check the data')
+
+  def take_window():
+    check_window()
+    history = list(fetched)
+    fetched.clear()
+    return history
+
+  stop_request = preemption.StopRequest()
+  with stop_request:
+    for step in range(start_step + 1, stop + 1):
+      batch = next(train_iter)
+      diagnostics = config.grad_norms_by_term and step % config.log_every_steps == 0
+      state, step_metrics = learner.step_fn(diagnostics)(state, batch)
+      window.append(step_metrics)
+      if step == start_step + 1:
+        jax.block_until_ready(step_metrics)
+        progress.started(step)
+      progress.bar(step)
+      if step % config.log_every_steps == 0 or step == stop:
+        history = take_window()
+        last_metrics = metrics_lib.mean_metrics(history)
+        steps_per_s, eta = progress.timing(step)
+        last_metrics['img_per_sec'] = steps_per_s * images_per_step
+        writer.write(step, 'train', last_metrics)
+        progress.line(_log_line(step, total, last_metrics, last_metrics['img_per_sec'], eta))
+      if step % config.eval_every_steps == 0 or step == total:
+        evaluate(step)
+      preempted = stop_request.requested(step)
+      if step % config.checkpoint_every_steps == 0 or step == stop or preempted:
+        check_window()  # Never checkpoint a state after a non-finite step.
+        save(step)
+        last_saved = step
+      if preempted:
+        ckpt.close()
+        writer.close()
+        say(f'Stopped by {stop_request.name} after step {step}: checkpoint '
+            f'{ckpt.directory}/{last_saved} written. Run the same command again to resume.')
+        return dict(last_metrics, preempted=stop_request.name,
+                    exit_status=stop_request.exit_status, step=step)
   writer.flush()
 
   done = stop == total
@@ -203,10 +280,11 @@ def train_and_evaluate(config, workdir: str, max_steps: Optional[int] = None) ->
     writer.close()
     return last_metrics
   wall_s = wall_before + time.time() - t_start
-  summary = metrics_lib.summarize(metrics_lib.read_metrics(workdir, 'eval'), total, wall_s)
-  if is_chief:
-    _write_json(os.path.join(workdir, SUMMARY_FILE), summary)
   writer.close()
+  if not is_chief:
+    return last_metrics
+  summary = metrics_lib.summarize(metrics_lib.read_metrics(workdir, 'eval'), total, wall_s)
+  _write_json(os.path.join(workdir, SUMMARY_FILE), summary)
   print(f"Done: final top1 {summary['final_top1']:.4f}, best {summary['best_top1']:.4f}, "
         f"median of last {min(20, summary['num_evals'])} evals "
         f"{summary['median_last_top1']:.4f}; {wall_s:.0f} s", flush=True)

@@ -8,7 +8,12 @@ import os
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Simulated devices meet in collectives; on a loaded 2-core machine one device's
+# thread can be late by more than XLA's 40 s, which aborts the process.
+SLOW_COLLECTIVES_OK = '--xla_cpu_collective_call_terminate_timeout_seconds=900'
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+if 'collective_call_terminate' not in os.environ['XLA_FLAGS']:
+  os.environ['XLA_FLAGS'] += ' ' + SLOW_COLLECTIVES_OK
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(_ROOT, '.jax_cache'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -11,9 +9,9 @@ import pytest
 
 from layermatch_jax import checkpoint, train
 from layermatch_jax.learner import Learner
+from tests import cli
 from tests.helpers import tiny_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(**overrides):
@@ -111,22 +109,11 @@ def test_incompatible_checkpoint_is_refused(full_run):
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == before
 
 
-def _cli(*args, workdir):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
-             JAX_PLATFORMS='cpu')
-  return subprocess.run(
-      [sys.executable, '-m', 'layermatch_jax.main', '--config=configs/demo.py',
-       f'--workdir={workdir}', *args], cwd=ROOT, env=env, capture_output=True, text=True,
-      timeout=600)
-
-
 def test_cli_trains_with_overrides(tmp_path):
   workdir = tmp_path / 'cli'
-  proc = _cli('--config.num_train_steps=4', '--config.eval_every_steps=4',
-              '--config.log_every_steps=2', '--config.checkpoint_every_steps=4',
-              '--config.data.image_size=8', '--config.batch_size=8', '--config.uratio=1',
-              '--config.eval_batch_size=120', '--config.algorithm=fixmatch',
-              workdir=workdir)
+  proc = cli.run(workdir, '--config.num_train_steps=4', '--config.eval_every_steps=4',
+                 '--config.log_every_steps=2', '--config.checkpoint_every_steps=4',
+                 '--config.uratio=1', '--config.algorithm=fixmatch')
   assert proc.returncode == 0, proc.stderr[-2000:]
   with open(workdir / 'config.json') as f:
     saved = json.load(f)
@@ -135,31 +122,3 @@ def test_cli_trains_with_overrides(tmp_path):
   with open(workdir / 'summary.json') as f:
     assert json.load(f)['steps'] == 4
   assert 'step 4/4' in proc.stdout and 'eval step 4: top1' in proc.stdout
-
-
-@pytest.mark.parametrize('args,message', [
-    (['--config.no_such_key=1'], "config has no key 'no_such_key'; valid keys there:"),
-    (['--config.data.nmae=digits'], "config.data has no key 'nmae'"),
-    (['--config.num_train_steps=ten'], 'num_train_steps=ten'),
-    (['--config.num_train_steps=0'], 'config.num_train_steps=0 is not valid: use a positive'),
-    (['--config.algorithm=mixmatch'], "config.algorithm='mixmatch' is not valid: use one of"),
-    (['--config.layermatch.head_grad_scale=2.0'], 'head_grad_scale=2.0 is not valid'),
-    (['--config.data.num_labels=55'], '55'),
-    (['--config.batch_size=3'], 'batch_size=3 does not split over 2 device'),
-])
-def test_bad_flags_exit_2_with_one_error_line(tmp_path, args, message):
-  workdir = tmp_path / 'bad'
-  proc = _cli(*args, workdir=workdir)
-  assert proc.returncode == 2, proc.stderr[-2000:]
-  lines = proc.stderr.strip().splitlines()
-  assert lines[-1].startswith('error: ') and message in lines[-1], lines[-1]
-  assert not any('Traceback' in line for line in lines)
-
-
-def test_workdir_that_is_a_file_is_refused_untouched(tmp_path):
-  path = tmp_path / 'not_a_dir'
-  path.write_text('keep me')
-  proc = _cli(workdir=path)
-  assert proc.returncode == 2
-  assert proc.stderr.strip().splitlines()[-1].startswith('error: --workdir=')
-  assert path.read_text() == 'keep me'

@@ -135,8 +135,11 @@ class EvalBatchFn:
   batch_size: int
   num_devices: int
   image_shape: tuple
+  stride: int = 1  # Batch i of this process is global batch i * stride + offset.
+  offset: int = 0
 
-  def __call__(self, j: int) -> dict:
+  def __call__(self, i: int) -> dict:
+    j = i * self.stride + self.offset
     n, b = len(self.records), self.batch_size
     idx = np.arange(j * b, min((j + 1) * b, n))
     images = np.zeros((b, *self.image_shape), np.uint8)
@@ -193,8 +196,14 @@ def make_train_iterator(source: Source, split, config, *, num_devices: int,
   return iter(ds.to_iter_dataset(_read_options(config)))
 
 
-def make_eval_iterator(source: Source, config, *, num_devices: int, split: str = 'test'):
-  """One pass over `split` ('test' or 'train'), every image exactly once."""
+def make_eval_iterator(source: Source, config, *, num_devices: int, split: str = 'test',
+                       process_index: int = 0, process_count: int = 1):
+  """One pass over `split` ('test' or 'train'), every image exactly once.
+
+  With several processes, process p takes batches p, p + P, ...; every process
+  gets the same number of batches (fully masked ones at the end where needed),
+  because each batch is one collective evaluation step over all processes.
+  """
   _check_positive_int('eval_batch_size', config.eval_batch_size)
   _check_positive_int('num_devices', num_devices)
   if config.eval_batch_size % num_devices:
@@ -207,8 +216,12 @@ def make_eval_iterator(source: Source, config, *, num_devices: int, split: str =
   b = config.eval_batch_size
   fn = EvalBatchFn(records=records, batch_size=b, num_devices=num_devices,
                    image_shape=tuple(source.image_shape))
+  if not 0 <= process_index < process_count:
+    raise DataError(f'process_index={process_index} is not in [0, {process_count})')
   num_batches = -(-len(records) // b)
-  ds = grain.MapDataset.range(num_batches).map(fn)
+  per_process = -(-num_batches // process_count)
+  fn = dataclasses.replace(fn, stride=process_count, offset=process_index)
+  ds = grain.MapDataset.range(per_process).map(fn)
   return iter(ds.to_iter_dataset(_read_options(config)))
 
 
