@@ -12,13 +12,20 @@ import numpy as np
 from layermatch_jax.train_step import AXIS
 
 
+def _pmap_devices(devices):
+  """pmap's `devices`: with several processes, None (all devices of all processes,
+  each process feeding its local ones); a list of local devices there would give
+  each process a separate computation, with collectives over its devices only."""
+  return None if jax.process_count() > 1 else devices
+
+
 def pmap(fn: Callable, devices: Optional[Sequence[jax.Device]] = None,
          donate_state: bool = True) -> Callable:
   """Maps fn(state, batch, ...) over devices; the state's buffers are donated.
 
   After a donating call the old state is invalid: only use the returned one.
   """
-  return jax.pmap(fn, axis_name=AXIS, devices=devices,
+  return jax.pmap(fn, axis_name=AXIS, devices=_pmap_devices(devices),
                   donate_argnums=(0,) if donate_state else ())
 
 
@@ -31,7 +38,7 @@ def replicate(tree, devices: Optional[Sequence[jax.Device]] = None):
   """
   devices = list(devices or jax.local_devices())
   stacked = jax.tree.map(lambda x: np.stack([np.asarray(x)] * len(devices)), tree)
-  return jax.pmap(lambda x: x, axis_name=AXIS, devices=devices)(stacked)
+  return jax.pmap(lambda x: x, axis_name=AXIS, devices=_pmap_devices(devices))(stacked)
 
 
 def unreplicate(tree):

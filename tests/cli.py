@@ -4,6 +4,10 @@ import os
 import subprocess
 import sys
 
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # configs/demo.py (digits) shrunk: 8x8 images, 8 labeled + 16 unlabeled a step.
@@ -43,3 +47,14 @@ def error_line(proc: subprocess.CompletedProcess) -> str:
   """The last stderr line, which the contract says is the one `error: ...`."""
   lines = proc.stderr.strip().splitlines()
   return lines[-1] if lines else ''
+
+
+def saved_state(workdir, step=None):
+  """(state, data_state, step) of a checkpoint as nested dicts of numpy arrays
+  (read without a template, so without building the model)."""
+  manager = ocp.CheckpointManager(os.path.join(str(workdir), 'checkpoints'))
+  step = manager.latest_step() if step is None else step
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()))
+  manager.close()
+  return jax.tree.map(np.asarray, dict(restored.state)), dict(restored.data), step

@@ -10,21 +10,10 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from layermatch_jax import checkpoint, preemption
 from tests import cli
-
-
-def _raw_state(workdir, step=None):
-  """The saved train state as nested dicts of numpy arrays (no template needed)."""
-  manager = ocp.CheckpointManager(os.path.join(str(workdir), 'checkpoints'))
-  step = manager.latest_step() if step is None else step
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()))
-  manager.close()
-  return jax.tree.map(np.asarray, dict(restored.state)), dict(restored.data), step
 
 
 def _assert_states_equal(a, b):
@@ -120,8 +109,8 @@ def test_kill_9_at_random_points_then_resume_is_bit_exact(tmp_path):
   assert final.returncode == 0, (kills, final.stderr[-2000:])
   assert not os.path.exists(workdir / 'checkpoints.unreadable'), kills
 
-  killed_state, killed_data, step = _raw_state(workdir)
-  reference_state, reference_data, _ = _raw_state(tmp_path / 'reference')
+  killed_state, killed_data, step = cli.saved_state(workdir)
+  reference_state, reference_data, _ = cli.saved_state(tmp_path / 'reference')
   assert step == total
   _assert_states_equal(killed_state, reference_state)
   assert killed_data == reference_data or (
@@ -194,7 +183,7 @@ def test_non_finite_loss_stops_without_a_poisoned_checkpoint(tmp_path):
   steps = sorted(map(int, os.listdir(workdir / 'checkpoints')))
   assert all(s < bad_step for s in steps), (steps, bad_step)
   if steps:  # What was written before is whole and finite.
-    state, _, _ = _raw_state(workdir)
+    state, _, _ = cli.saved_state(workdir)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state['params']))
 
 

@@ -1,0 +1,66 @@
+"""Two processes x 4 CPU devices (gloo collectives, jax.distributed on localhost)
+train in lockstep and match one process with 8 devices."""
+
+import json
+import os
+import socket
+import subprocess
+
+import jax
+import numpy as np
+
+from tests import cli
+
+ARGS = ('--config.num_train_steps=6', '--config.checkpoint_every_steps=3',
+        '--config.eval_every_steps=3', '--config.log_every_steps=1',
+        '--config.algorithm=layermatch', '--config.pseudo_label.threshold=0.3')
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def _records(workdir):
+  with open(os.path.join(str(workdir), 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_two_processes_match_one_process_with_all_devices(tmp_path):
+  single = cli.run(tmp_path / 'single', *ARGS, devices=8)
+  assert single.returncode == 0, single.stderr[-2000:]
+
+  workdir = tmp_path / 'multi'
+  address = f'localhost:{_free_port()}'
+  procs = [subprocess.Popen(
+      cli.command(workdir, *ARGS, f'--coordinator_address={address}', '--num_processes=2',
+                  f'--process_id={i}'),
+      cwd=cli.ROOT, env=cli.env(devices=4), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+
+  # Only process 0 reports and writes the logs and summary.
+  assert 'Done: final top1' in outs[0][0]
+  # (gloo prints its connection lines to stdout itself.)
+  assert [l for l in outs[1][0].splitlines() if not l.startswith('[Gloo]')] == []
+  assert json.loads((workdir / 'summary.json').read_text())['steps'] == 6
+
+  # Lockstep with the 8-device run: the same losses, pseudo-label statistics
+  # and evaluations at every step (global batch statistics, all 360 test images).
+  multi, reference = _records(workdir), _records(tmp_path / 'single')
+  assert [(r['split'], r['step']) for r in multi] == [(r['split'], r['step']) for r in reference]
+  for a, b in zip(multi, reference):
+    for key in ('loss', 'loss_sup', 'loss_unsup', 'loss_cluster', 'mask_ratio', 'top1'):
+      if key in b and b[key] is not None:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5, err_msg=f'{a} vs {b}')
+  assert 'top1' in multi[-1] and any(r.get('mask_ratio') for r in multi)
+
+  # The collectively written checkpoint equals the single-process one.
+  state, data_state, step = cli.saved_state(workdir)
+  ref_state, ref_data, _ = cli.saved_state(tmp_path / 'single')
+  assert step == 6 and data_state['iterator'] == ref_data['iterator']
+  for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(ref_state)):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
