@@ -63,3 +63,18 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
     jax.distributed.initialize()
     return True
   return False
+
+
+def barrier(name: str, timeout_s: int = 1800):
+  """Waits until every process gets here (the coordination service, not a collective).
+
+  CPU collectives (gloo) give up when processes reach their first collective
+  more than 30 s apart, e.g. when one compiles more slowly on a loaded machine;
+  meeting here first lets all start compiling the step together.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  client = jax_distributed.global_state.client
+  if client is not None:
+    client.wait_at_barrier(name, timeout_s * 1000)

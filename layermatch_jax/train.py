@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from layermatch_jax import checkpoint as checkpoint_lib
-from layermatch_jax import config_lib, data, evaluation
+from layermatch_jax import config_lib, data, distributed, evaluation
 from layermatch_jax import metrics as metrics_lib
 from layermatch_jax import preemption
 from layermatch_jax.learner import Learner
@@ -240,6 +240,7 @@ def train_and_evaluate(config, workdir: str, max_steps: Optional[int] = None) ->
     fetched.clear()
     return history
 
+  distributed.barrier('layermatch_train_start')
   stop_request = preemption.StopRequest()
   with stop_request:
     for step in range(start_step + 1, stop + 1):

@@ -205,6 +205,8 @@ def _flexmatch_select(state, inputs: PolicyInputs, pc: PolicyConfig, axis_name=N
   thresholds come from the predictions recorded before this batch; a prediction
   is recorded only when max p >= tau, and a recorded label stays until the
   image is predicted confidently again (it is not reset when confidence drops).
+  Unlike USB, whose hook records only each GPU's own images (so DDP replicas
+  drift apart), every replica records the whole global batch.
   """
   if inputs.idx_u is None:
     raise ValueError("flexmatch needs each unlabeled image's pool index: views['idx_u'] "
@@ -228,10 +230,10 @@ def _flexmatch_select(state, inputs: PolicyInputs, pc: PolicyConfig, axis_name=N
 
 
 def _freematch_init(num_classes, pool_size=None):
-  """tau_0 = 1/C, p_0(c) = 1/C, h_0(c) = 1/C (the paper).
+  """tau_0 = 1/C, p_0(c) = 1/C, h_0(c) = 1/C (the paper, TorchSSL and current USB).
 
-  USB starts all three at 1 instead (time_p = 1, p_model = label_hist = ones), so
-  nothing passes its threshold in the first steps; this follows the paper.
+  Older USB versions (FreeMatchThresholingHook) start all three at 1 (time_p = 1,
+  p_model = label_hist = ones), so nothing passes the threshold in the first steps.
   """
   del pool_size
   uniform = jnp.full((num_classes,), 1.0 / num_classes, jnp.float32)
@@ -286,7 +288,11 @@ def freematch_fairness(state, probs_s, weights, axis_name=None, eps: float = 1e-
   p_bar = sum_q / jnp.maximum(selected, 1.0)
   h_bar = counts / jnp.maximum(selected, 1.0)
   inv_h = jnp.where(h_bar > 0, 1.0 / jnp.where(h_bar > 0, h_bar, 1.0), 0.0)
-  target = _sum_norm(state['p_model'] / state['hist'])
+  # A class nobody has predicted for ~90k steps has h_t -> 0 (float32 underflow)
+  # and p_t / h_t -> inf: it gets 0 instead, as USB's replace_inf_to_zero does.
+  hist = state['hist']
+  target = _sum_norm(jnp.where(hist > 1e-30, state['p_model'] / jnp.where(hist > 1e-30, hist,
+                                                                        1.0), 0.0))
   # Nothing selected: a finite stand-in, or 0 * NaN would reach the gradient.
   q = _sum_norm(jnp.where(selected > 0, p_bar * inv_h, 1.0))
   loss = jnp.sum(target * jnp.log(q + eps))
@@ -317,8 +323,11 @@ def _softmatch_select(state, inputs: PolicyInputs, pc: PolicyConfig, axis_name=N
     lambda(p_b) = exp(-(min(c_b - mu_t, 0))^2 / (2 sigma_t^2 / n_sigma^2))   (eq. 8)
 
   over the global batch, with lambda_max = 1 (lambda_u scales the loss). The
-  paper's Gaussian is n_sigma = 1 (the default); USB's code divides the variance
-  by n_sigma^2 with n_sigma = 2 (set softmatch.n_sigma=2 to match it). Hard
+  Gaussian as written in the paper is n_sigma = 1 (the default here); both the
+  authors' TorchSSL code (variance / 4) and USB (n_sigma = 2) use std sigma_t / 2,
+  the setting of the published results: softmatch.n_sigma=2 reproduces them.
+  mu_t and sigma_t^2 are taken over the aligned confidences, as USB does
+  (TorchSSL takes them before alignment). Hard
   labels come from the un-aligned p, as USB does ("uniform alignment in softmatch
   do not use aligned probs for generating pseudo labels"). alignment 'labeled'
   is USB's dist_uniform=False (p_target: EMA of the labeled batch's mean
