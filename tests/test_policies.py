@@ -144,6 +144,14 @@ def test_freematch_thresholds_by_hand():
   expected = t[0] * np.log(4 / 9) + t[1] * np.log(5 / 9) + t[2] * np.log(1e-12)
   _close(policies.freematch_fairness(sel.state, jnp.asarray(FREE_STRONG, jnp.float32), weights),
          expected, atol=1e-5)
+  # A class whose EMA histogram underflowed to 0 (never predicted for ~90k steps)
+  # gets target 0, as USB's replace_inf_to_zero(1 / label_hist), not inf -> NaN.
+  starved = dict(sel.state, hist=jnp.asarray([0.6, 0.4, 0.0], jnp.float32))
+  t0 = np.array([0.3435 / 0.6, 0.34075 / 0.4, 0.0])
+  t0 = t0 / t0.sum()
+  _close(policies.freematch_fairness(starved, jnp.asarray(FREE_STRONG, jnp.float32),
+                                     sel.weights),
+         np.sum(t0 * np.log(np.array([1.0, 1.2, 0.8]) / 3)))
 
 
 SOFT_PROBS = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.4, 0.35, 0.25], [0.6, 0.3, 0.1]])
