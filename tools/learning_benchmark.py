@@ -15,7 +15,8 @@ Each run is `python -m layermatch_jax.main` in its own process and workdir
 OUT/runs/ALGORITHM-LABELS-sSEED; a finished run (summary.json) is not rerun, so
 an interrupted benchmark continues where it stopped. Writes OUT/results.json,
 OUT/results.md (mean +- std of the final test top-1 over seeds, per-seed values)
-and OUT/accuracy.png (test top-1 against the step, mean over seeds).
+and OUT/accuracy.png (test top-1 against the step, mean over seeds), over every finished
+run under OUT/runs (--report_only: tabulate those without running anything).
 Bad input ends with one line `error: ...` on stderr and exit status 2.
 """
 
@@ -127,6 +128,27 @@ def eval_curve(workdir: str):
   return [r['step'] for r in records], [r['top1'] for r in records]
 
 
+def collect(out: str) -> list:
+  """Every finished run under OUT/runs (this invocation's and earlier ones')."""
+  results = []
+  runs = os.path.join(out, 'runs')
+  for name in sorted(os.listdir(runs)):
+    summary_path = os.path.join(runs, name, 'summary.json')
+    parts = name.rsplit('-', 2)
+    if not os.path.exists(summary_path) or len(parts) != 3 or not parts[2].startswith('s'):
+      continue
+    algorithm = parts[0].replace('lm_', 'lm+')
+    if algorithm not in ALGORITHMS:
+      continue
+    with open(summary_path) as f:
+      summary = json.load(f)
+    results.append(dict(algorithm=algorithm, num_labels=int(parts[1]), seed=int(parts[2][1:]),
+                        final_top1=summary['final_top1'], best_top1=summary['best_top1'],
+                        steps=summary['steps'], wall_s=summary['wall_s'],
+                        curve=eval_curve(os.path.join(runs, name))))
+  return results
+
+
 def aggregate(results: list) -> list:
   """Rows (algorithm, labels) with mean/std over seeds."""
   rows = {}
@@ -195,6 +217,8 @@ def parse_args(argv):
   parser.add_argument('--unpack_dir', default='/tmp/layermatch_cifar10',
                       help='Where a --data archive is unpacked.')
   parser.add_argument('--dry_run', action='store_true', help='Print the commands only.')
+  parser.add_argument('--report_only', action='store_true',
+                      help='Run nothing: tabulate the finished runs under --out.')
   return parser.parse_args(argv)
 
 
@@ -218,13 +242,12 @@ def main(argv):
   num_labels = _int_list(args.num_labels, 'num_labels') if args.num_labels else budget['num_labels']
   seeds = _int_list(args.seeds, 'seeds') if args.seeds else budget['seeds']
   steps = args.steps or budget['steps']
-  folder = prepare_data(args.data, args.unpack_dir)
   out = os.path.abspath(args.out)
+  folder = args.data if args.report_only else prepare_data(args.data, args.unpack_dir)
   os.makedirs(os.path.join(out, 'runs'), exist_ok=True)
 
-  results = []
   # Seed-major order: a benchmark stopped early still has every algorithm per seed.
-  for seed in seeds:
+  for seed in ([] if args.report_only else seeds):
     for labels in num_labels:
       for algorithm in algorithms:
         workdir = os.path.join(out, 'runs', run_name(algorithm, labels, seed))
@@ -233,13 +256,13 @@ def main(argv):
           print(' '.join(cmd))
           continue
         print(f'{algorithm}, {labels} labels, seed {seed}: {workdir}', flush=True)
-        summary = run_one(cmd, workdir, budget['devices'])
-        results.append(dict(algorithm=algorithm, num_labels=labels, seed=seed,
-                            final_top1=summary['final_top1'], best_top1=summary['best_top1'],
-                            steps=summary['steps'], wall_s=summary['wall_s'],
-                            curve=eval_curve(workdir)))
+        run_one(cmd, workdir, budget['devices'])
   if args.dry_run:
     return
+  results = collect(out)
+  if not results:
+    raise ToolError(f'no finished runs under {out}/runs')
+  seeds = sorted({r['seed'] for r in results})
   rows = aggregate(results)
   commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT,
                           capture_output=True, text=True).stdout.strip()
