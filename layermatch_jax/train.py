@@ -212,9 +212,7 @@ def train_and_evaluate(config, workdir: str, max_steps: Optional[int] = None) ->
     ckpt.save(step, learner.host(state), data_state, meta)
 
   last_metrics = {}
-  last_saved = start_step
   window_start = start_step + 1  # The step of window[0].
-
   fetched = []  # The window's metrics already on the host (checked).
 
   def check_window():
@@ -265,12 +263,11 @@ def train_and_evaluate(config, workdir: str, max_steps: Optional[int] = None) ->
       if step % config.checkpoint_every_steps == 0 or step == stop or preempted:
         check_window()  # Never checkpoint a state after a non-finite step.
         save(step)
-        last_saved = step
       if preempted:
         ckpt.close()
         writer.close()
         say(f'Stopped by {stop_request.name} after step {step}: checkpoint '
-            f'{ckpt.directory}/{last_saved} written. Run the same command again to resume.')
+            f'{ckpt.directory}/{step} written. Run the same command again to resume.')
         return dict(last_metrics, preempted=stop_request.name,
                     exit_status=stop_request.exit_status, step=step)
   writer.flush()
