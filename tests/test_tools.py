@@ -131,3 +131,44 @@ def test_plot_bad_input(workdir, tmp_path):
   line = _assert_error(_tool('plot', str(tmp_path)))
   assert 'metrics.jsonl' in line
   _assert_error(_tool('plot', workdir, '--labels=a,b'))
+
+
+def _fake_run(runs, name, final, evals):
+  """A finished run's files as learning_benchmark reads them."""
+  os.makedirs(os.path.join(runs, name))
+  with open(os.path.join(runs, name, 'summary.json'), 'w') as f:
+    json.dump(dict(final_top1=final, best_top1=max(evals), steps=20, wall_s=60.0), f)
+  with open(os.path.join(runs, name, 'metrics.jsonl'), 'w') as f:
+    for i, top1 in enumerate(evals):
+      f.write(json.dumps(dict(step=10 * (i + 1), split='eval', top1=top1)) + '\n')
+
+
+def test_learning_benchmark_tabulates_finished_runs(tmp_path):
+  runs = tmp_path / 'out' / 'runs'
+  _fake_run(runs, 'supervised-250-s0', 0.30, [0.2, 0.30])
+  _fake_run(runs, 'supervised-250-s1', 0.34, [0.2, 0.34])
+  _fake_run(runs, 'lm_flexmatch-250-s0', 0.50, [0.4, 0.50])
+  os.makedirs(runs / 'fixmatch-250-s0')  # Unfinished: no summary, left out.
+  proc = _tool('learning_benchmark', f'--data={tmp_path}', f'--out={tmp_path / "out"}',
+               '--report_only')
+  assert proc.returncode == 0, proc.stderr
+  with open(tmp_path / 'out' / 'results.json') as f:
+    rows = {(r['algorithm'], r['num_labels']): r for r in json.load(f)['rows']}
+  assert set(rows) == {('supervised', 250), ('lm+flexmatch', 250)}
+  assert rows['supervised', 250]['mean'] == pytest.approx(0.32)
+  assert rows['supervised', 250]['std'] == pytest.approx(np.std([0.30, 0.34], ddof=1))
+  table = (tmp_path / 'out' / 'results.md').read_text()
+  assert '| supervised | 250 | 0.3200 +- 0.0283 | 0.3000, 0.3400 | 1.0 min |' in table
+  assert '| lm+flexmatch | 250 | 0.5000 +- 0.0000 |' in table
+  assert _is_png(tmp_path / 'out' / 'accuracy.png')
+
+
+def test_learning_benchmark_bad_input(tmp_path):
+  line = _assert_error(_tool('learning_benchmark', f'--data={tmp_path}', '--out=x',
+                             '--algorithms=fixmatch,mixmatch', '--dry_run'))
+  assert "'mixmatch' is not one of supervised, fixmatch, layermatch" in line
+  line = _assert_error(_tool('learning_benchmark', f'--data={tmp_path / "none.tar.gz"}',
+                             '--out=x'))
+  assert 'is neither a folder nor a .tar.gz archive' in line
+  line = _assert_error(_tool('learning_benchmark', f'--data={tmp_path}', '--out=x'))
+  assert 'has no train/ folder' in line

@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 from typing import Optional
 
@@ -249,4 +250,6 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+  # `tools/evaluate.py ... | head` ends quietly, as a shell tool should.
+  signal.signal(signal.SIGPIPE, signal.SIG_DFL)
   main()

@@ -23,6 +23,7 @@ Bad input ends with one line `error: ...` on stderr and exit status 2.
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -278,6 +279,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `--dry_run | head` ends quietly.
   try:
     main(sys.argv[1:])
   except ToolError as e:
