@@ -5,9 +5,10 @@
       --num_processes=2 --process_id=I
 
 The same three values can come from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES
-and JAX_PROCESS_ID. On a Cloud TPU slice (several TPU VMs) nothing is needed:
-jax.distributed.initialize() finds its peers from the TPU metadata. Must run
-before any JAX computation.
+and JAX_PROCESS_ID. On a Cloud TPU pod slice or under SLURM, `--distributed`
+calls jax.distributed.initialize() without arguments and it finds its peers
+itself (it is also called when TPU_WORKER_HOSTNAMES lists several hosts). Must
+run before any JAX computation.
 """
 
 import os
@@ -29,10 +30,12 @@ def _is_multihost_tpu() -> bool:
 
 
 def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-               process_id: Optional[int] = None) -> bool:
+               process_id: Optional[int] = None, auto: bool = False) -> bool:
   """Starts jax.distributed when asked for; returns whether it did.
 
-  Flags win over the environment. A single process needs no call at all.
+  Flags win over the environment. `auto` calls jax.distributed.initialize()
+  without arguments, for clusters it can read its peers from (Cloud TPU pods,
+  SLURM). A single process needs no call at all.
   """
   env = [os.environ.get(k) for k in ENV]
   coordinator_address = coordinator_address or env[0]
@@ -59,8 +62,14 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id)
     return True
-  if _is_multihost_tpu():
-    jax.distributed.initialize()
+  if auto or _is_multihost_tpu():
+    try:
+      jax.distributed.initialize()
+    except (ValueError, RuntimeError) as e:
+      raise DistributedError(
+          f'--distributed: jax.distributed.initialize() found no cluster to join '
+          f'({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}); on '
+          'other machines give --coordinator_address, --num_processes and --process_id') from e
     return True
   return False
 

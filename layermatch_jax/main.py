@@ -25,6 +25,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 (multi-process runs).')
 flags.DEFINE_integer('num_processes', None, 'Processes in the run (multi-process runs).')
 flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes).')
+flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() without arguments: '
+                  'it finds its peers itself on Cloud TPU pods and under SLURM.')
 
 
 def fail(message: str):
@@ -100,7 +102,8 @@ def main(argv):
   # Imported after flag parsing: a bad flag fails fast, before JAX starts.
   from layermatch_jax import distributed  # pylint: disable=g-import-not-at-top
   try:
-    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                           auto=FLAGS.distributed)
   except distributed.DistributedError as e:
     fail(e)
   from layermatch_jax import checkpoint, config_lib, data, train  # pylint: disable=g-import-not-at-top

@@ -157,6 +157,9 @@ CASES = {
     'incomplete_multi_process_flags': (
         lambda t: (t / 'w', ['--num_processes=2'], {}),
         'multi-process runs need all of --coordinator_address, --num_processes and'),
+    'distributed_without_a_cluster': (
+        lambda t: (t / 'w', ['--distributed'], {}),
+        '--distributed: jax.distributed.initialize() found no cluster to join'),
 }
 
 
