@@ -44,8 +44,8 @@ def test_two_processes_match_one_process_with_all_devices(tmp_path):
 
   # Only process 0 reports and writes the logs and summary.
   assert 'Done: final top1' in outs[0][0]
-  # (gloo prints its connection lines to stdout itself.)
-  assert [l for l in outs[1][0].splitlines() if not l.startswith('[Gloo]')] == []
+  # (gloo itself prints connection lines to stdout, from several threads at once.)
+  assert not any(word in outs[1][0] for word in ('step ', 'eval', 'Done', 'Resuming'))
   assert json.loads((workdir / 'summary.json').read_text())['steps'] == 6
 
   # Lockstep with the 8-device run: the same losses, pseudo-label statistics
