@@ -9,7 +9,9 @@ data.num_labels is the total labeled images drawn (class-balanced) from train/; 
 rest of train/ and all of unlabeled/ are used without labels. For a run on
 CIFAR-10 as JPEGs (../shared/data/cifar10-jpeg.tar.gz unpacked to IMAGES) the
 image statistics below fit; for other images compute yours or keep them.
-Expected runtime and accuracy: not measured yet.
+Expected runtime and accuracy: not measured at these settings (WRN-28-2, 32 px,
+2^20 steps: days on one GPU). CIFAR-10 from this folder at 16 px with WRN-10-1
+(configs/cifar10_cpu.py, 1500 steps): 0.376 test top-1 with 250 labels.
 """
 
 from configs import default

@@ -7,7 +7,7 @@ import pytest
 
 from layermatch_jax import config_lib
 
-CONFIGS = ['default', 'cifar10', 'cifar100', 'stl10', 'imagenet100', 'folder', 'demo']
+CONFIGS = ['default', 'cifar10', 'cifar100', 'stl10', 'imagenet100', 'folder', 'demo', 'cifar10_cpu']
 REQUIRED_KEYS = ['seed', 'algorithm', 'num_train_steps', 'eval_every_steps', 'log_every_steps',
                  'checkpoint_every_steps', 'data.name', 'data.dir', 'data.num_labels',
                  'layermatch.head_grad_scale', 'layermatch.cluster_weight',
