@@ -14,12 +14,11 @@ LayerMatch 0.376, FixMatch 0.374, supervised 0.349; with 40 labels, seeds 0-1:
 0.240, 0.230, 0.231 (BENCHMARKS.md).
 """
 
-from configs import default
+from configs import folder
 
 
 def get_config():
-  config = default.get_config()
-  config.data.name = 'folder'
+  config = folder.get_config()  # The CIFAR-10 JPEGs are an image folder.
   config.data.num_labels = 250
   config.data.image_size = 16
   config.model.name = 'wrn10_1'
