@@ -225,12 +225,16 @@ def train_and_evaluate(config, workdir: str, max_steps: Optional[int] = None) ->
     bad = first_non_finite(steps, history)
     if bad is not None:
       bad_step, key, value = bad
-      ckpt.close()
+      try:
+        ckpt.close()
+        also = ''
+      except checkpoint_lib.CheckpointError as e:  # Report it, but not instead of the NaN.
+        also = f'; also, {e}'
       writer.close()
       raise NonFiniteError(
           f'{key} is {value} at step {bad_step}; stopped without writing a checkpoint after '
           f'it (the latest, step {ckpt.latest_step()}, is from before): lower '
-          f'optim.learning_rate (now {config.optim.learning_rate}) or check the data')
+          f'optim.learning_rate (now {config.optim.learning_rate}) or check the data{also}')
 
   def take_window():
     check_window()

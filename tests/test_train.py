@@ -122,3 +122,22 @@ def test_cli_trains_with_overrides(tmp_path):
   with open(workdir / 'summary.json') as f:
     assert json.load(f)['steps'] == 4
   assert 'step 4/4' in proc.stdout and 'eval step 4: top1' in proc.stdout
+
+
+def test_non_finite_error_is_not_hidden_by_a_failed_checkpoint_write(tmp_path, monkeypatch):
+  """A pending write that fails while the run stops for a NaN is reported after the NaN."""
+  original_close = checkpoint.Checkpointer.close
+
+  def failing_close(self):
+    original_close(self)
+    raise checkpoint.CheckpointError('could not write checkpoint 3 (disk full)')
+
+  monkeypatch.setattr(checkpoint.Checkpointer, 'close', failing_close)
+  config = _config(**{'optim.learning_rate': 1e30, 'log_every_steps': 2,
+                      'checkpoint_every_steps': 100, 'eval_every_steps': 100})
+  with pytest.raises(train.NonFiniteError) as error:
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  message = str(error.value)
+  assert ' at step ' in message and 'stopped without writing a checkpoint' in message, message
+  assert message.endswith('; also, could not write checkpoint 3 (disk full)'), message
+  assert '\n' not in message
