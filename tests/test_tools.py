@@ -148,18 +148,28 @@ def test_learning_benchmark_tabulates_finished_runs(tmp_path):
   _fake_run(runs, 'supervised-250-s0', 0.30, [0.2, 0.30])
   _fake_run(runs, 'supervised-250-s1', 0.34, [0.2, 0.34])
   _fake_run(runs, 'lm_flexmatch-250-s0', 0.50, [0.4, 0.50])
+  _fake_run(runs, 'fixmatch-250-s1', 0.31, [0.2, 0.31])
+  _fake_run(runs, 'fixmatch-40-s0', 0.9, [0.9])  # No supervised run at 40 labels.
   os.makedirs(runs / 'fixmatch-250-s0')  # Unfinished: no summary, left out.
+  os.makedirs(runs / 'fixmatch-250-s0' / 'checkpoints')
   proc = _tool('learning_benchmark', f'--data={tmp_path}', f'--out={tmp_path / "out"}',
                '--report_only')
   assert proc.returncode == 0, proc.stderr
   with open(tmp_path / 'out' / 'results.json') as f:
     rows = {(r['algorithm'], r['num_labels']): r for r in json.load(f)['rows']}
-  assert set(rows) == {('supervised', 250), ('lm+flexmatch', 250)}
+  assert set(rows) == {('supervised', 250), ('lm+flexmatch', 250), ('fixmatch', 250),
+                       ('fixmatch', 40)}
   assert rows['supervised', 250]['mean'] == pytest.approx(0.32)
   assert rows['supervised', 250]['std'] == pytest.approx(np.std([0.30, 0.34], ddof=1))
+  # Gains over supervised pair seeds: fixmatch s1 vs supervised s1 only.
+  assert rows['fixmatch', 250]['vs_supervised']['diffs'] == pytest.approx([0.31 - 0.34])
+  assert rows['lm+flexmatch', 250]['vs_supervised']['diffs'] == pytest.approx([0.50 - 0.30])
+  assert rows['fixmatch', 40]['vs_supervised'] is None
   table = (tmp_path / 'out' / 'results.md').read_text()
-  assert '| supervised | 250 | 0.3200 +- 0.0283 | 0.3000, 0.3400 | 1.0 min |' in table
-  assert '| lm+flexmatch | 250 | 0.5000 +- 0.0000 |' in table
+  assert '| supervised | 250 | 0.3200 +- 0.0283 | 0.3000, 0.3400 |  | 1.0 min |' in table
+  assert '| fixmatch | 250 | 0.3100 +- 0.0000 | 0.3100 | -0.0300 +- 0.0000 (ahead in 0/1) |' in table
+  assert '| lm+flexmatch | 250 | 0.5000 +- 0.0000 | 0.5000 | +0.2000 +- 0.0000 (ahead in 1/1) |' in table
+  assert '| fixmatch | 40 | 0.9000 +- 0.0000 | 0.9000 |  | 1.0 min |' in table
   assert _is_png(tmp_path / 'out' / 'accuracy.png')
 
 

@@ -162,17 +162,44 @@ def aggregate(results: list) -> list:
                     final_top1=[float(x) for x in final], mean=float(final.mean()),
                     std=float(final.std(ddof=1)) if len(final) > 1 else 0.0,
                     wall_s=float(np.mean([r['wall_s'] for r in runs]))))
+  for row in out:
+    row['vs_supervised'] = paired_gain(results, row['algorithm'], row['num_labels'])
   return out
+
+
+def paired_gain(results: list, algorithm: str, num_labels: int):
+  """Top-1 minus supervised's, seed by seed (same labeled split), or None.
+
+  Pairing by seed removes the split-to-split spread that both runs share, which
+  is most of the spread over seeds at a few labels per class.
+  """
+  if algorithm == 'supervised':
+    return None
+  def by_seed(name):
+    return {r['seed']: r['final_top1'] for r in results
+            if r['algorithm'] == name and r['num_labels'] == num_labels}
+  mine, baseline = by_seed(algorithm), by_seed('supervised')
+  seeds = sorted(set(mine) & set(baseline))
+  if not seeds:
+    return None
+  diffs = np.array([mine[s] - baseline[s] for s in seeds])
+  return dict(seeds=seeds, diffs=[float(d) for d in diffs], mean=float(diffs.mean()),
+              std=float(diffs.std(ddof=1)) if len(diffs) > 1 else 0.0,
+              ahead=int((diffs > 0).sum()))
 
 
 def markdown(rows: list, header: str) -> str:
   lines = [header, '',
-           '| algorithm | labels | test top-1, mean +- std | per seed | wall / run |',
-           '|---|---|---|---|---|']
+           '| algorithm | labels | test top-1, mean +- std | per seed '
+           '| minus supervised, same seeds | wall / run |',
+           '|---|---|---|---|---|---|']
   for r in sorted(rows, key=lambda r: (r['num_labels'], list(ALGORITHMS).index(r['algorithm']))):
     per_seed = ', '.join(f'{x:.4f}' for x in r['final_top1'])
+    gain = r.get('vs_supervised')
+    gain = (f"{gain['mean']:+.4f} +- {gain['std']:.4f} (ahead in {gain['ahead']}/"
+            f"{len(gain['seeds'])})" if gain else '')
     lines.append(f"| {r['algorithm']} | {r['num_labels']} | {r['mean']:.4f} +- {r['std']:.4f} "
-                 f"| {per_seed} | {r['wall_s'] / 60:.1f} min |")
+                 f"| {per_seed} | {gain} | {r['wall_s'] / 60:.1f} min |")
   return '\n'.join(lines) + '\n'
 
 
