@@ -133,11 +133,11 @@ def test_plot_bad_input(workdir, tmp_path):
   _assert_error(_tool('plot', workdir, '--labels=a,b'))
 
 
-def _fake_run(runs, name, final, evals):
+def _fake_run(runs, name, final, evals, steps=20):
   """A finished run's files as learning_benchmark reads them."""
   os.makedirs(os.path.join(runs, name))
   with open(os.path.join(runs, name, 'summary.json'), 'w') as f:
-    json.dump(dict(final_top1=final, best_top1=max(evals), steps=20, wall_s=60.0), f)
+    json.dump(dict(final_top1=final, best_top1=max(evals), steps=steps, wall_s=60.0), f)
   with open(os.path.join(runs, name, 'metrics.jsonl'), 'w') as f:
     for i, top1 in enumerate(evals):
       f.write(json.dumps(dict(step=10 * (i + 1), split='eval', top1=top1)) + '\n')
@@ -182,3 +182,20 @@ def test_learning_benchmark_bad_input(tmp_path):
   assert 'is neither a folder nor a .tar.gz archive' in line
   line = _assert_error(_tool('learning_benchmark', f'--data={tmp_path}', '--out=x'))
   assert 'has no train/ folder' in line
+
+
+def test_learning_benchmark_refuses_to_mix_step_budgets(tmp_path):
+  runs = tmp_path / 'out' / 'runs'
+  _fake_run(runs, 'supervised-250-s0', 0.30, [0.30], steps=20)
+  for sub in ('train', 'test'):
+    os.makedirs(tmp_path / 'data' / sub)
+  # A finished run of 20 steps is not reused for a 30-step budget (nothing is run).
+  line = _assert_error(_tool('learning_benchmark', f'--data={tmp_path / "data"}',
+                             f'--out={tmp_path / "out"}', '--algorithms=supervised',
+                             '--num_labels=250', '--seeds=0', '--steps=30'))
+  assert 'supervised-250-s0 is a finished run of 20 steps, not --steps=30' in line, line
+  _fake_run(runs, 'fixmatch-250-s0', 0.35, [0.35], steps=30)
+  line = _assert_error(_tool('learning_benchmark', f'--data={tmp_path / "data"}',
+                             f'--out={tmp_path / "out"}', '--report_only'))
+  assert 'different step budgets (20, 30)' in line, line
+  assert not os.path.exists(tmp_path / 'out' / 'results.md')

@@ -105,9 +105,19 @@ def command(budget: dict, folder: str, workdir: str, algorithm: str, num_labels:
            f'--workdir={workdir}'] + [f'--config.{k}={v}' for k, v in overrides.items()])
 
 
-def run_one(cmd, workdir: str, devices) -> dict:
-  """Runs (or resumes) one training; returns its summary."""
+def run_one(cmd, workdir: str, devices, steps=None) -> dict:
+  """Runs (or resumes) one training; returns its summary.
+
+  A finished run is reused, so one made with another step budget is an error
+  rather than a silently mixed table.
+  """
   summary_path = os.path.join(workdir, 'summary.json')
+  if steps and os.path.exists(summary_path):
+    with open(summary_path) as f:
+      done_steps = json.load(f).get('steps')
+    if done_steps != steps:
+      raise ToolError(f'{workdir} is a finished run of {done_steps} steps, not --steps={steps}: '
+                      'give each step budget its own --out')
   if not os.path.exists(summary_path):
     env = dict(os.environ)
     if devices:
@@ -284,12 +294,16 @@ def main(argv):
           print(' '.join(cmd))
           continue
         print(f'{algorithm}, {labels} labels, seed {seed}: {workdir}', flush=True)
-        run_one(cmd, workdir, budget['devices'])
+        run_one(cmd, workdir, budget['devices'], steps)
   if args.dry_run:
     return
   results = collect(out)
   if not results:
     raise ToolError(f'no finished runs under {out}/runs')
+  step_counts = sorted({r['steps'] for r in results})
+  if len(step_counts) > 1:
+    raise ToolError(f'the finished runs under {out}/runs have different step budgets '
+                    f'({", ".join(map(str, step_counts))}): give each budget its own --out')
   seeds = sorted({r['seed'] for r in results})
   rows = aggregate(results)
   commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT,
