@@ -45,9 +45,12 @@ class StopRequest:
     # worker thread is not: there the default behaviour stays).
     # Several processes: no handlers (a signal seen by one process only must not
     # make it leave the others waiting in a collective).
+    # A signal ignored on entry stays ignored (a shell starts background jobs with
+    # SIGINT ignored so that Ctrl-C does not reach them).
     if threading.current_thread() is threading.main_thread() and not self._multiprocess:
       for s in _SIGNALS:
-        self._previous[s] = signal.signal(s, self._handle)
+        if signal.getsignal(s) is not signal.SIG_IGN:
+          self._previous[s] = signal.signal(s, self._handle)
     return self
 
   def __exit__(self, *exc):

@@ -71,7 +71,15 @@ def test_sigterm_checkpoints_exits_and_resumes(tmp_path):
   assert json.loads((workdir / 'summary.json').read_text())['steps'] == 40
 
 
-def test_second_signal_stops_at_once(monkeypatch):
+@pytest.fixture
+def sigint_handler():
+  """Python's SIGINT handler for the test, whatever the launching shell set."""
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  yield
+  signal.signal(signal.SIGINT, previous)
+
+
+def test_second_signal_stops_at_once(monkeypatch, sigint_handler):
   exits = []
   monkeypatch.setattr(os, '_exit', exits.append)
   with preemption.StopRequest() as stop:
@@ -82,6 +90,15 @@ def test_second_signal_stops_at_once(monkeypatch):
     assert exits == [128 + signal.SIGINT]
   # The handlers are the previous ones again.
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_ignored_signal_stays_ignored(sigint_handler):
+  signal.signal(signal.SIGINT, signal.SIG_IGN)  # As in a shell's background job.
+  with preemption.StopRequest() as stop:
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    os.kill(os.getpid(), signal.SIGINT)
+    assert not stop.requested(1)
+  assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 def test_kill_9_at_random_points_then_resume_is_bit_exact(tmp_path):
