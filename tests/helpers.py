@@ -1,8 +1,10 @@
 """Shared test fixtures: tiny configs and batches."""
 
+import jax
 import numpy as np
 
 from configs import default
+from layermatch_jax.learner import Learner
 
 
 def tiny_config(algorithm='layermatch', **overrides):
@@ -50,3 +52,20 @@ def random_views(rng: np.random.Generator, config, num_classes, size=8, channels
   if pool_size is not None:
     views['idx_u'] = rng.integers(0, pool_size, (u,)).astype(np.int32)
   return views
+
+
+def run_on_devices(config, batches, num_devices, num_classes=4, pool_size=None,
+                   grad_norms_by_term=True):
+  """Trains on `batches` with the first `num_devices` local devices.
+
+  Returns the host state and each step's metrics: the 1-vs-8-device tests run
+  this twice on the same global batches.
+  """
+  learner = Learner(config, num_classes, (8, 8, 3), devices=jax.local_devices()[:num_devices],
+                    unlabeled_pool_size=pool_size)
+  state = learner.init_state()
+  history = []
+  for batch in batches:
+    state, metrics = learner.step(state, batch, grad_norms_by_term=grad_norms_by_term)
+    history.append(metrics)
+  return learner.host(state), history

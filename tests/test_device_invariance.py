@@ -4,20 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from layermatch_jax.learner import Learner
-from tests.helpers import random_batch, random_views, tiny_config
+from tests.helpers import random_batch, random_views, run_on_devices, tiny_config
 
 K = 4
-
-
-def _run(config, batches, num_devices):
-  learner = Learner(config, K, (8, 8, 3), devices=jax.local_devices()[:num_devices])
-  state = learner.init_state()
-  history = []
-  for batch in batches:
-    state, metrics = learner.step(state, batch, grad_norms_by_term=True)
-    history.append(metrics)
-  return learner.host(state), history
 
 
 def _assert_close(a, b, rtol=1e-5, atol=1e-6):
@@ -31,8 +20,8 @@ def test_one_vs_eight_devices(make_batch):
   config = tiny_config('layermatch', **{'pseudo_label.threshold': 0.4})
   rng = np.random.default_rng(1)
   batches = [make_batch(rng, config, K) for _ in range(5)]
-  state_1, hist_1 = _run(config, batches, 1)
-  state_8, hist_8 = _run(config, batches, 8)
+  state_1, hist_1 = run_on_devices(config, batches, 1, K)
+  state_8, hist_8 = run_on_devices(config, batches, 8, K)
 
   # Something happened: confident samples, centres, falling or moving losses.
   assert hist_1[-1]['num_centers'] >= 2 and hist_1[-1]['mask_ratio'] > 0

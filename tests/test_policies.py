@@ -13,7 +13,7 @@ from layermatch_jax import data
 from layermatch_jax.algorithms import policies, presets
 from layermatch_jax.algorithms.policies import PolicyConfig, PolicyInputs
 from layermatch_jax.learner import Learner
-from tests.helpers import random_views, tiny_config
+from tests.helpers import random_views, run_on_devices, tiny_config
 
 
 def _select(state, probs, pc, **inputs):
@@ -241,17 +241,6 @@ def test_config_presets_and_step_config():
 # --- The same global batch on 1 and on 8 devices.
 
 
-def _run_views(config, batches, num_devices, pool_size, by_term):
-  learner = Learner(config, 4, (8, 8, 3), devices=jax.local_devices()[:num_devices],
-                    unlabeled_pool_size=pool_size)
-  state = learner.init_state()
-  history = []
-  for batch in batches:
-    state, metrics = learner.step(state, batch, grad_norms_by_term=by_term)
-    history.append(metrics)
-  return learner.host(state), history
-
-
 @pytest.mark.parametrize('policy', ['flexmatch', 'freematch', 'softmatch'])
 def test_policy_state_one_vs_eight_devices(policy):
   # LayerMatch on top, a low tau (FlexMatch records something) and a large w_f
@@ -264,8 +253,8 @@ def test_policy_state_one_vs_eight_devices(policy):
   rng = np.random.default_rng(3)
   batches = [random_views(rng, config, 4, pool_size=pool) for _ in range(3)]
   by_term = policy == 'freematch'
-  state_1, hist_1 = _run_views(config, batches, 1, pool, by_term)
-  state_8, hist_8 = _run_views(config, batches, 8, pool, by_term)
+  state_1, hist_1 = run_on_devices(config, batches, 1, 4, pool, by_term)
+  state_8, hist_8 = run_on_devices(config, batches, 8, 4, pool, by_term)
 
   # The policy state to 1e-5 (FlexMatch's record exactly).
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
