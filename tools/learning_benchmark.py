@@ -230,7 +230,7 @@ def plot(results: list, out: str):
       steps = curves[0][0][:n]
       mean = np.mean([c[1][:n] for c in curves], axis=0)
       ax.plot(steps, mean, color=f'C{i}', marker='o', markersize=3,
-              label=f'{algorithm} ({len(curves)} seeds)')
+              label=f'{algorithm} ({len(curves)} seed{"s" if len(curves) > 1 else ""})')
     ax.set_title(f'{num_labels} labels')
     ax.set_xlabel('step')
     ax.set_ylabel('test top-1 (EMA)')
