@@ -33,19 +33,28 @@ def eval_step(state: TrainState, batch, mean, std, axis_name='batch'):
   return sums, pred
 
 
+def eval_step_fn(learner):
+  """The learner's pmapped eval_step: fn(state, eval_inputs(batch)) -> (sums, predictions)."""
+  sc = learner.step_config
+  return learner.pmapped_fn('eval', lambda st, b: eval_step(st, b, sc.mean, sc.std),
+                            donate_state=False)
+
+
+def eval_inputs(batch) -> dict:
+  return {k: batch[k] for k in ('image', 'label', 'mask')}
+
+
 def evaluate_dataset(learner, state: TrainState, batches, return_predictions: bool = False):
   """Top-1 and mean loss over padded eval batches ({image, label, mask}, sharded).
 
   With `return_predictions`, also the predictions and labels of every real
   (unpadded) example, in order, for per-class accuracy and confusion matrices.
   """
-  sc = learner.step_config
-  step = learner.pmapped_fn('eval', lambda st, b: eval_step(st, b, sc.mean, sc.std),
-                            donate_state=False)
+  step = eval_step_fn(learner)
   correct = count = loss_sum = 0.0
   preds, labels = [], []
   for batch in batches:
-    sums, pred = step(state, {k: batch[k] for k in ('image', 'label', 'mask')})
+    sums, pred = step(state, eval_inputs(batch))
     sums = learner.host(sums)
     correct += float(sums['correct'])
     count += float(sums['count'])

@@ -149,6 +149,22 @@ def _log_line(step, total, m, img_per_s, eta):
   return ' | '.join(parts)
 
 
+def _compile_collectives(learner, config, state, batch, eval_batch):
+  """Compiles every function that holds a collective, before the processes meet.
+
+  With several processes, CPU collectives (gloo) fail when the processes enter
+  one more than 30 s apart ("GetKeyValue() timed out"), and on a loaded machine
+  compile times alone differ by more. Compiled here, each function's first call
+  finds its executable ready, so the processes enter the collective together.
+  """
+  diagnostics_at = {bool(config.grad_norms_by_term)}  # The step variant of log steps.
+  if config.log_every_steps > 1:
+    diagnostics_at.add(False)
+  for diagnostics in sorted(diagnostics_at):
+    learner.step_fn(diagnostics).lower(state, batch).compile()
+  evaluation.eval_step_fn(learner).lower(state, evaluation.eval_inputs(eval_batch)).compile()
+
+
 def train_and_evaluate(config, workdir: str, max_steps: Optional[int] = None) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint.
 
@@ -197,10 +213,13 @@ def train_and_evaluate(config, workdir: str, max_steps: Optional[int] = None) ->
   t_start = time.time()
   window = []  # This logging window's per-step metrics, still on device.
 
-  def evaluate(step):
-    result = evaluation.evaluate_dataset(learner, state, data.make_eval_iterator(
+  def eval_batches():
+    return data.make_eval_iterator(
         source, config, num_devices=learner.num_devices,
-        process_index=jax.process_index(), process_count=jax.process_count()))
+        process_index=jax.process_index(), process_count=jax.process_count())
+
+  def evaluate(step):
+    result = evaluation.evaluate_dataset(learner, state, eval_batches())
     writer.write(step, 'eval', dict(top1=result['top1'], loss=result['loss']))
     progress.line(f"eval step {step}: top1 {result['top1']:.4f} loss {result['loss']:.4f} "
                   f"({result['count']} images)")
@@ -242,11 +261,15 @@ def train_and_evaluate(config, workdir: str, max_steps: Optional[int] = None) ->
     fetched.clear()
     return history
 
+  early = []  # A batch taken before the loop (to compile with) is trained on first.
+  if jax.process_count() > 1 and start_step < stop:
+    early.append(next(train_iter))
+    _compile_collectives(learner, config, state, early[0], next(iter(eval_batches())))
   distributed.barrier('layermatch_train_start')
   stop_request = preemption.StopRequest()
   with stop_request:
     for step in range(start_step + 1, stop + 1):
-      batch = next(train_iter)
+      batch = early.pop() if early else next(train_iter)
       diagnostics = config.grad_norms_by_term and step % config.log_every_steps == 0
       state, step_metrics = learner.step_fn(diagnostics)(state, batch)
       window.append(step_metrics)

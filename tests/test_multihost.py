@@ -40,12 +40,23 @@ def test_two_processes_match_one_process_with_all_devices(tmp_path):
 
   workdir = tmp_path / 'multi'
   address = f'localhost:{_free_port()}'
-  procs = [subprocess.Popen(
-      cli.command(workdir, *ARGS, f'--coordinator_address={address}', '--num_processes=2',
-                  f'--process_id={i}'),
-      cwd=cli.ROOT, env=cli.env(devices=4), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True) for i in range(2)]
-  outs = [p.communicate(timeout=600) for p in procs]
+  # Output goes to files: a process blocked on a full pipe that is not being read
+  # would hold the other one in a collective.
+  logs = [(tmp_path / f'stdout{i}', tmp_path / f'stderr{i}') for i in range(2)]
+  procs = []
+  for i, (out, err) in enumerate(logs):
+    with open(out, 'w') as out_file, open(err, 'w') as err_file:
+      procs.append(subprocess.Popen(
+          cli.command(workdir, *ARGS, f'--coordinator_address={address}', '--num_processes=2',
+                      f'--process_id={i}'),
+          cwd=cli.ROOT, env=cli.env(devices=4), stdout=out_file, stderr=err_file))
+  try:
+    for p in procs:
+      p.wait(timeout=600)
+  finally:
+    for p in procs:
+      p.kill()  # (No-op for a finished process.)
+  outs = [(out.read_text(), err.read_text()) for out, err in logs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, _why(err)
 
