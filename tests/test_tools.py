@@ -193,9 +193,14 @@ def test_learning_benchmark_refuses_to_mix_step_budgets(tmp_path):
   line = _assert_error(_tool('learning_benchmark', f'--data={tmp_path / "data"}',
                              f'--out={tmp_path / "out"}', '--algorithms=supervised',
                              '--num_labels=250', '--seeds=0', '--steps=30'))
-  assert 'supervised-250-s0 is a finished run of 20 steps, not --steps=30' in line, line
+  assert 'supervised-250-s0 is a finished run of 20 steps, not of 30' in line, line
   _fake_run(runs, 'fixmatch-250-s0', 0.35, [0.35], steps=30)
   line = _assert_error(_tool('learning_benchmark', f'--data={tmp_path / "data"}',
                              f'--out={tmp_path / "out"}', '--report_only'))
   assert 'different step budgets (20, 30)' in line, line
+  # Without --steps the budget's config decides (configs/cifar10_cpu.py: 1500).
+  line = _assert_error(_tool('learning_benchmark', f'--data={tmp_path / "data"}',
+                             f'--out={tmp_path / "out"}', '--algorithms=supervised',
+                             '--num_labels=250', '--seeds=0'))
+  assert 'supervised-250-s0 is a finished run of 20 steps, not of 1500' in line, line
   assert not os.path.exists(tmp_path / 'out' / 'results.md')

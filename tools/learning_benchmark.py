@@ -14,13 +14,15 @@ on CIFAR-10 as an image folder, with the same seeds, label splits and step budge
 Each run is `python -m layermatch_jax.main` in its own process and workdir
 OUT/runs/ALGORITHM-LABELS-sSEED; a finished run (summary.json) is not rerun, so
 an interrupted benchmark continues where it stopped. Writes OUT/results.json,
-OUT/results.md (mean +- std of the final test top-1 over seeds, per-seed values)
+OUT/results.md (mean +- std of the final test top-1 over seeds, per-seed values,
+and the gain over supervised paired by seed)
 and OUT/accuracy.png (test top-1 against the step, mean over seeds), over every finished
 run under OUT/runs (--report_only: tabulate those without running anything).
 Bad input ends with one line `error: ...` on stderr and exit status 2.
 """
 
 import argparse
+import importlib
 import json
 import os
 import signal
@@ -95,6 +97,12 @@ def run_name(algorithm: str, num_labels: int, seed: int) -> str:
   return f'{algorithm.replace("+", "_")}-{num_labels}-s{seed}'
 
 
+def config_steps(config_path: str) -> int:
+  """num_train_steps of a config file (configs/NAME.py), for budgets that keep it."""
+  module = importlib.import_module(config_path[:-len('.py')].replace('/', '.'))
+  return module.get_config().num_train_steps
+
+
 def command(budget: dict, folder: str, workdir: str, algorithm: str, num_labels: int,
             seed: int, steps) -> list:
   overrides = dict(budget['overrides'], **ALGORITHMS[algorithm])
@@ -105,18 +113,18 @@ def command(budget: dict, folder: str, workdir: str, algorithm: str, num_labels:
            f'--workdir={workdir}'] + [f'--config.{k}={v}' for k, v in overrides.items()])
 
 
-def run_one(cmd, workdir: str, devices, steps=None) -> dict:
+def run_one(cmd, workdir: str, devices, steps: int) -> dict:
   """Runs (or resumes) one training; returns its summary.
 
   A finished run is reused, so one made with another step budget is an error
   rather than a silently mixed table.
   """
   summary_path = os.path.join(workdir, 'summary.json')
-  if steps and os.path.exists(summary_path):
+  if os.path.exists(summary_path):
     with open(summary_path) as f:
       done_steps = json.load(f).get('steps')
     if done_steps != steps:
-      raise ToolError(f'{workdir} is a finished run of {done_steps} steps, not --steps={steps}: '
+      raise ToolError(f'{workdir} is a finished run of {done_steps} steps, not of {steps}: '
                       'give each step budget its own --out')
   if not os.path.exists(summary_path):
     env = dict(os.environ)
@@ -279,7 +287,7 @@ def main(argv):
       raise ToolError(f'--algorithms: {a!r} is not one of {", ".join(ALGORITHMS)}')
   num_labels = _int_list(args.num_labels, 'num_labels') if args.num_labels else budget['num_labels']
   seeds = _int_list(args.seeds, 'seeds') if args.seeds else budget['seeds']
-  steps = args.steps or budget['steps']
+  steps = args.steps or budget['steps'] or config_steps(budget['config'])
   out = os.path.abspath(args.out)
   folder = args.data if args.report_only else prepare_data(args.data, args.unpack_dir)
   os.makedirs(os.path.join(out, 'runs'), exist_ok=True)
