@@ -57,7 +57,9 @@ def get_config():
   config.augment = ml_collections.ConfigDict()
   config.augment.flip = True  # Random horizontal flip in both views.
   config.augment.pad_fraction = 0.125  # Weak view: reflect-pad crop.
-  config.augment.num_ops = 2  # Strong view: RandAugment ops per image.
+  # Strong view: RandAugment ops per image. 3 is USB's classic-CV RandAugment(3, 5)
+  # (cifar.py, stl10.py); 2 is the FixMatch paper's setting.
+  config.augment.num_ops = 3
   config.augment.cutout_fraction = 0.5  # Strong view: Cutout side, max share of the image side.
 
   config.model = ml_collections.ConfigDict()
@@ -89,11 +91,15 @@ def get_config():
   # FreeMatch (Wang et al., ICLR 2023): self-adaptive thresholds + fairness.
   config.pseudo_label.freematch = ml_collections.ConfigDict()
   config.pseudo_label.freematch.ema_momentum = 0.999  # lambda
-  config.pseudo_label.freematch.fairness_weight = 0.01  # w_f (USB's classic CIFAR configs: 0.001)
+  # w_f: 0.001 in every USB classic-CV config (ent_loss_ratio); 0.01 is USB's code
+  # default (FreeMatch's get_argument), not used by any of its classic-CV runs.
+  config.pseudo_label.freematch.fairness_weight = 0.001
   # SoftMatch (Chen et al., ICLR 2023): truncated Gaussian weights, uniform alignment.
   config.pseudo_label.softmatch = ml_collections.ConfigDict()
   config.pseudo_label.softmatch.ema_momentum = 0.999  # m
-  config.pseudo_label.softmatch.n_sigma = 1.0  # Gaussian std sigma_t / n_sigma; USB uses 2.
+  # The Gaussian's std is sigma_t / n_sigma. 2: USB's classic-CV configs and the
+  # authors' TorchSSL code (the published results); 1: the paper's eq. 8 as written.
+  config.pseudo_label.softmatch.n_sigma = 2.0
   config.pseudo_label.softmatch.alignment = 'uniform'  # 'uniform' (UA) | 'labeled' | 'none'
 
   config.layermatch = ml_collections.ConfigDict()

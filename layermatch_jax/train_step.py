@@ -53,7 +53,7 @@ class StepConfig:
   std: Tuple[float, ...] = (0.25, 0.25, 0.25)
   pad_fraction: float = 0.125
   flip: bool = True
-  num_ops: int = 2
+  num_ops: int = 3
   cutout_fraction: float = 0.5
   axis_name: Optional[str] = AXIS
 

@@ -158,9 +158,10 @@ SOFT_PROBS = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.4, 0.35, 0.25], [0.6
 
 
 def _softmatch_reference(probs, m, mu0, var0, p_model0, p_target, n_sigma, align=True):
-  """SoftMatch eqs. 8 and 12 with the EMA updates, written out in numpy."""
+  """SoftMatch eqs. 8 and 12 with the EMA updates, written out in numpy (USB's
+  eps = 1e-6 in the alignment)."""
   p_model = m * p_model0 + (1 - m) * probs.mean(0)
-  aligned = probs * p_target / p_model if align else probs
+  aligned = probs * (p_target + 1e-6) / (p_model + 1e-6) if align else probs
   aligned = aligned / aligned.sum(1, keepdims=True)
   c = aligned.max(1)
   mu = m * mu0 + (1 - m) * c.mean()
@@ -173,7 +174,8 @@ def test_softmatch_by_hand():
   m = 0.9
   state = dict(mu=jnp.float32(0.6), var=jnp.float32(0.04),
                p_model=jnp.asarray([0.5, 0.3, 0.2]), p_target=jnp.full((3,), 1 / 3))
-  pc = PolicyConfig('softmatch', softmatch_momentum=m)
+  # The paper's Gaussian as written (n_sigma = 1).
+  pc = PolicyConfig('softmatch', softmatch_momentum=m, softmatch_n_sigma=1.0)
   sel = _select(state, SOFT_PROBS, pc)
   # p_model = 0.9 (0.5, 0.3, 0.2) + 0.1 (0.45, 0.4125, 0.1375) = (0.495, 0.31125, 0.19375);
   # UA(p) = SumNorm(p u / p_model): max UA = (0.549642, 0.781613, 0.400361, 0.450250);
@@ -203,16 +205,25 @@ def test_softmatch_by_hand():
 
   # Target = EMA of the labeled batch's mean probabilities (USB's dist_uniform=False).
   probs_l = np.array([[0.8, 0.1, 0.1], [0.2, 0.6, 0.2]])
-  pc = PolicyConfig('softmatch', softmatch_momentum=m, softmatch_alignment='labeled')
+  pc = PolicyConfig('softmatch', softmatch_momentum=m, softmatch_n_sigma=1.0,
+                    softmatch_alignment='labeled')
   sel = _select(state, SOFT_PROBS, pc, probs_l=jnp.asarray(probs_l, jnp.float32))
   p_target = 0.9 / 3 + 0.1 * probs_l.mean(0)  # (0.35, 0.335, 0.315)
   _close(sel.state['p_target'], [0.35, 0.335, 0.315])
   w, *_ = _softmatch_reference(SOFT_PROBS, m, 0.6, 0.04, np.array([0.5, 0.3, 0.2]), p_target, 1)
   _close(sel.weights, w)
 
-  # Initial state: mu_0 = 1/C, sigma_0^2 = 1, uniform p_model and p_target.
-  init = policies.init_state('softmatch', 4)
-  _close([init['mu'], init['var']], [0.25, 1.0])
+  # Initial state: mu_0 = 1/C, sigma_0^2 = 1, uniform p_target, and p_model empty
+  # until the first batch sets it to that batch's mean (USB's p_model = None).
+  init = policies.init_state('softmatch', 3)
+  _close([init['mu'], init['var']], [1 / 3, 1.0])
+  _close(init['p_target'], [1 / 3] * 3)
+  _close(init['p_model'], [0.0] * 3)
+  sel = _select(init, SOFT_PROBS, PolicyConfig('softmatch', softmatch_momentum=m))
+  _close(sel.state['p_model'], SOFT_PROBS.mean(0))  # (0.45, 0.4125, 0.1375), not an EMA step.
+  w, mu, var, _ = _softmatch_reference(SOFT_PROBS, 0.0, 1 / 3, 1.0, np.zeros(3), 1 / 3, 2)
+  mu, var = m / 3 + (1 - m) * mu, m + (1 - m) * var  # mu, var: EMA steps from (1/C, 1).
+  _close([sel.state['mu'], sel.state['var']], [mu, var])
 
 
 def test_config_presets_and_step_config():
@@ -229,9 +240,10 @@ def test_config_presets_and_step_config():
   with pytest.raises(ValueError, match=r"pseudo_label.policy='mixmatch' is not one of"):
     presets.resolve_policy(tiny_config('fixmatch', **{'pseudo_label.policy': 'mixmatch'}))
   sc = StepConfig.from_config(tiny_config('freematch'), 4)
-  # Paper defaults, and the fairness term only where FreeMatch's state exists.
-  assert sc.pseudo_label == PolicyConfig('freematch', 0.95, True, 'convex', 0.999, 0.01, 0.999,
-                                         1.0, 'uniform')
+  # USB's classic-CV values (fairness weight 0.001, n_sigma 2), and the fairness
+  # term only where FreeMatch's state exists.
+  assert sc.pseudo_label == PolicyConfig('freematch', 0.95, True, 'convex', 0.999, 0.001, 0.999,
+                                         2.0, 'uniform')
   assert sc.terms == TERMS + ('fairness',)
   assert StepConfig.from_config(tiny_config('layermatch'), 4).terms == TERMS
   sc = StepConfig.from_config(tiny_config('softmatch'), 4)

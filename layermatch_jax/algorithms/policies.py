@@ -43,34 +43,36 @@ SOFTMATCH_ALIGNMENTS = ('uniform', 'labeled', 'none')
 
 @dataclasses.dataclass(frozen=True)
 class PolicyConfig:
-  """Static hyper-parameters of the pseudo-label policies (hashable, for jit)."""
+  """Static hyper-parameters of the pseudo-label policies (hashable, for jit).
+
+  The field defaults serve direct construction (tests, notebooks) and equal the
+  values of configs/default.py, which `from_config` reads.
+  """
   name: str = 'fixed'
   threshold: float = 0.95  # tau: FixMatch's threshold; FlexMatch's upper threshold.
   flexmatch_warmup: bool = True
   flexmatch_mapping: str = 'convex'
   freematch_momentum: float = 0.999  # lambda
-  fairness_weight: float = 0.0  # w_f (FreeMatch only)
+  fairness_weight: float = 0.0  # w_f (FreeMatch only; 0 turns the term off)
   softmatch_momentum: float = 0.999  # m
-  softmatch_n_sigma: float = 1.0  # The Gaussian's std is sigma_t / n_sigma.
+  softmatch_n_sigma: float = 2.0  # The Gaussian's std is sigma_t / n_sigma (USB: 2).
   softmatch_alignment: str = 'uniform'
 
   @classmethod
   def from_config(cls, config, name: str) -> 'PolicyConfig':
     """From `config.pseudo_label`; `name` is the resolved policy (presets.resolve_policy)."""
     pl = config.pseudo_label
-    flex, free, soft = pl.get('flexmatch', {}), pl.get('freematch', {}), pl.get('softmatch', {})
-    d = cls()
     return cls(
         name=name,
         threshold=float(pl.threshold),
-        flexmatch_warmup=bool(flex.get('threshold_warmup', d.flexmatch_warmup)),
-        flexmatch_mapping=str(flex.get('mapping', d.flexmatch_mapping)),
-        freematch_momentum=float(free.get('ema_momentum', d.freematch_momentum)),
+        flexmatch_warmup=bool(pl.flexmatch.threshold_warmup),
+        flexmatch_mapping=str(pl.flexmatch.mapping),
+        freematch_momentum=float(pl.freematch.ema_momentum),
         # The fairness term needs FreeMatch's state: other policies have none.
-        fairness_weight=float(free.get('fairness_weight', 0.01)) if name == 'freematch' else 0.0,
-        softmatch_momentum=float(soft.get('ema_momentum', d.softmatch_momentum)),
-        softmatch_n_sigma=float(soft.get('n_sigma', d.softmatch_n_sigma)),
-        softmatch_alignment=str(soft.get('alignment', d.softmatch_alignment)),
+        fairness_weight=float(pl.freematch.fairness_weight) if name == 'freematch' else 0.0,
+        softmatch_momentum=float(pl.softmatch.ema_momentum),
+        softmatch_n_sigma=float(pl.softmatch.n_sigma),
+        softmatch_alignment=str(pl.softmatch.alignment),
     )
 
   @property
@@ -301,42 +303,50 @@ def freematch_fairness(state, probs_s, weights, axis_name=None, eps: float = 1e-
 
 # --- softmatch (SoftMatch, truncated Gaussian weighting)
 
+_UA_EPS = 1e-6  # USB's DistAlignEMAHook adds it to p_target and p_model.
+
 
 def _softmatch_init(num_classes, pool_size=None):
-  """mu_0 = 1/C, sigma_0^2 = 1 (paper and USB); p_model and p_target start uniform.
+  """mu_0 = 1/C, sigma_0^2 = 1 (paper and USB); p_target starts uniform.
 
-  USB sets p_model to the first batch's mean instead of an EMA step from uniform.
+  p_model starts empty (all zeros, which no mean of softmax outputs can be): the
+  first step sets it to that batch's mean probabilities, as USB's DistAlignEMAHook
+  does (p_model = None until then). An EMA step from uniform instead would
+  still weigh the uniform start by m^t (22% after 1,500 steps at m = 0.999).
   """
   del pool_size
   uniform = jnp.full((num_classes,), 1.0 / num_classes, jnp.float32)
-  return dict(mu=jnp.float32(1.0 / num_classes), var=jnp.float32(1.0), p_model=uniform,
-              p_target=uniform)
+  return dict(mu=jnp.float32(1.0 / num_classes), var=jnp.float32(1.0),
+              p_model=jnp.zeros((num_classes,), jnp.float32), p_target=uniform)
 
 
 def _softmatch_select(state, inputs: PolicyInputs, pc: PolicyConfig, axis_name=None):
   """SoftMatch: uniform alignment, then EMA Gaussian statistics, then weights.
 
-    p_model = m p_model + (1 - m) mean_b p_b
-    UA(p) = SumNorm(p * p_target / p_model),  p_target = u(C)          (eq. 12)
+    p_model = m p_model + (1 - m) mean_b p_b      (the first step: mean_b p_b)
+    UA(p) = SumNorm(p * (p_target + eps) / (p_model + eps)),  p_target = u(C)  (eq. 12)
     c_b = max UA(p_b);  mu_t = m mu_{t-1} + (1 - m) mean_b c_b,
     sigma_t^2 = m sigma_{t-1}^2 + (1 - m) var_b(c_b)   (unbiased, N / (N - 1))
     lambda(p_b) = exp(-(min(c_b - mu_t, 0))^2 / (2 sigma_t^2 / n_sigma^2))   (eq. 8)
 
-  over the global batch, with lambda_max = 1 (lambda_u scales the loss). The
-  Gaussian as written in the paper is n_sigma = 1 (the default here); both the
-  authors' TorchSSL code (variance / 4) and USB (n_sigma = 2) use std sigma_t / 2,
-  the setting of the published results: softmatch.n_sigma=2 reproduces them.
+  over the global batch, with lambda_max = 1 (lambda_u scales the loss). Both
+  the authors' TorchSSL code (variance / 4) and USB's classic-CV configs
+  (n_sigma = 2, the default here) use std sigma_t / 2, the setting of the
+  published results; the Gaussian as written in the paper is n_sigma = 1.
   mu_t and sigma_t^2 are taken over the aligned confidences, as USB does
   (TorchSSL takes them before alignment). Hard
   labels come from the un-aligned p, as USB does ("uniform alignment in softmatch
   do not use aligned probs for generating pseudo labels"). alignment 'labeled'
   is USB's dist_uniform=False (p_target: EMA of the labeled batch's mean
-  probabilities), 'none' turns UA off. USB adds 1e-6 to p_target and p_model
-  in UA; the paper does not, nor does this (p_model > 0: it is an EMA of softmax means).
+  probabilities), 'none' turns UA off. eps = 1e-6 as in USB's DistAlignEMAHook
+  (the paper has none).
   """
   probs = jax.lax.stop_gradient(inputs.probs_w)
   m = pc.softmatch_momentum
-  p_model = _ema(state['p_model'], _global_mean(probs, axis_name), m)
+  batch_p = _global_mean(probs, axis_name)
+  # An all-zero p_model is the empty start (_softmatch_init): take the batch's mean.
+  started = jnp.sum(state['p_model']) > 0
+  p_model = jnp.where(started, _ema(state['p_model'], batch_p, m), batch_p)
   p_target = state['p_target']
   if pc.softmatch_alignment == 'labeled':
     if inputs.probs_l is None:
@@ -347,7 +357,7 @@ def _softmatch_select(state, inputs: PolicyInputs, pc: PolicyConfig, axis_name=N
                      f'{SOFTMATCH_ALIGNMENTS}')
   aligned = probs
   if pc.softmatch_alignment != 'none':
-    aligned = _sum_norm(probs * p_target / p_model)
+    aligned = _sum_norm(probs * (p_target + _UA_EPS) / (p_model + _UA_EPS))
   conf = jnp.max(aligned, axis=-1)
   batch_mean = _global_mean(conf, axis_name)
   sq_dev, count = _psum((jnp.sum((conf - batch_mean) ** 2), jnp.float32(conf.shape[0])),

@@ -124,7 +124,7 @@ def apply_op(image, index, level, fill=0.5):
       jnp.asarray(_BRANCH_OF_OP)[index], branches, image, magnitude, matrix)
 
 
-def rand_augment(key, image, num_ops=2, fill=0.5):
+def rand_augment(key, image, num_ops=3, fill=0.5):
   """`num_ops` ops drawn uniformly with replacement, random magnitudes (USB)."""
   for key_op in jax.random.split(key, num_ops):
     key_index, key_level = jax.random.split(key_op)
@@ -144,7 +144,7 @@ def random_cutout(key, image, cutout_fraction=0.5, fill=0.5):
   return ops.cutout(image, center_y, center_x, size, fill)
 
 
-def strong_augment(key, image, *, num_ops=2, cutout_fraction=0.5,
+def strong_augment(key, image, *, num_ops=3, cutout_fraction=0.5,
                    pad_fraction=0.125, fill=0.5, flip=True):
   """Flip + pad-crop, RandAugment with `num_ops` ops, then Cutout.
 
