@@ -73,18 +73,26 @@ class Checkpointer:
   """A thin wrapper over orbax's CheckpointManager for one workdir."""
 
   def __init__(self, directory: str, max_to_keep: int = 3, async_save: bool = True,
-               primary: bool = True):
-    """`primary`: this process may move unreadable steps aside (process 0 of several)."""
+               primary: bool = True, read_only: bool = False):
+    """`primary`: this process may move unreadable steps aside (process 0 of several).
+
+    `read_only`: for tools that look at a run, perhaps while it trains: nothing
+    is created, probed, cleaned up or moved (a write in progress is left alone).
+    """
     self.directory = os.path.abspath(directory)
-    self.primary = primary
+    self.primary = primary and not read_only
     self._last_submitted = None
-    self._check_writable()
+    if not read_only:
+      self._check_writable()
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
-            # What a killed or failed write left behind is never read: remove it.
-            cleanup_tmp_directories=True))
+            # A reader never saves, so orbax never deletes a step for it.
+            max_to_keep=None if read_only else max_to_keep, create=not read_only,
+            enable_async_checkpointing=async_save,
+            # What a killed or failed write left behind is never read: remove it
+            # (the trainer does; a reader must not touch a write in progress).
+            cleanup_tmp_directories=not read_only))
 
   def _check_writable(self):
     """Fails before any training when checkpoints could not be written."""

@@ -10,6 +10,7 @@ import pytest
 
 from configs import default
 from layermatch_jax import metrics as metrics_lib
+from layermatch_jax import saved_run
 from layermatch_jax import train
 from tests import helpers
 
@@ -103,12 +104,11 @@ def test_evaluate_bad_workdirs(tmp_path):
 
 
 def test_evaluate_fills_keys_newer_than_the_run(tmp_path):
-  from tools import evaluate  # pylint: disable=g-import-not-at-top
   old = helpers.tiny_config().to_dict()
   del old['augment']['flip'], old['seed']
   (tmp_path / 'config.json').write_text(json.dumps(old))
   notes = []
-  config = evaluate.load_config(str(tmp_path), notes)
+  config = saved_run.load_config(str(tmp_path), notes)
   assert config.augment.flip == default.get_config().augment.flip
   assert 'augment.flip' in notes[0] and 'seed' in notes[0]
   assert config.seed == 0 and config.model.name == 'wrn10_1'

@@ -27,7 +27,8 @@ from typing import Optional
 # Runs as a script from the repo root without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-CONFIG_FILE = 'config.json'  # Same name as train.CONFIG_FILE; train is not imported early.
+from layermatch_jax import saved_run  # pylint: disable=g-import-not-at-top
+
 # Cell text above this many classes would be unreadable.
 MAX_ANNOTATED_CLASSES = 20
 
@@ -40,48 +41,6 @@ def fail(message) -> None:
   """The one-line error contract of layermatch_jax.main: stderr, exit status 2."""
   print(f'error: {" ".join(str(message).split())}', file=sys.stderr, flush=True)
   sys.exit(2)
-
-
-def load_config(workdir: str, notes: Optional[list] = None):
-  """The run's config from WORKDIR/config.json (tuples come back as lists).
-
-  Keys the run predates are taken from configs/default.py and named in `notes`.
-  """
-  if not os.path.isdir(workdir):
-    raise ToolError(f'--workdir={workdir} is not a directory: give a training workdir')
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.isfile(path):
-    raise ToolError(f'{path} does not exist: --workdir must be a workdir written by '
-                    'layermatch_jax.main')
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  try:
-    with open(path) as f:
-      raw = json.load(f)
-  except (OSError, ValueError) as e:
-    raise ToolError(f'{path} is not a readable config: {e}') from e
-  if not isinstance(raw, dict):
-    raise ToolError(f'{path} is not a config: a JSON object is expected, got {type(raw).__name__}')
-  config = ml_collections.ConfigDict(raw)
-  from configs import default  # pylint: disable=g-import-not-at-top
-  added = fill_missing(config, default.get_config())
-  if added and notes is not None:
-    # A run saved before these keys existed; the code now reads them.
-    notes.append(f'note: {path} lacks {", ".join(added)}: using configs/default.py values')
-  return config
-
-
-def fill_missing(config, defaults, prefix='') -> list:
-  """Adds keys of `defaults` that `config` lacks (in place); returns their names."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  added = []
-  for key, value in defaults.items():
-    if key not in config:
-      config[key] = value
-      added.append(prefix + key)
-    elif isinstance(value, ml_collections.ConfigDict) and isinstance(
-        config[key], ml_collections.ConfigDict):
-      added += fill_missing(config[key], value, f'{prefix}{key}.')
-  return added
 
 
 def default_out(workdir: str, step: int, split: str) -> str:
@@ -148,61 +107,23 @@ def evaluate(workdir: str, step: Optional[int] = None, split: str = 'test',
   """
   if split not in ('test', 'train'):
     raise ToolError(f'--split={split} is not valid: use test or train')
-  config = load_config(workdir, notes)
-  if out is not None:
-    out_dir = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(out_dir):
-      raise ToolError(f'--out={out}: directory {out_dir} does not exist')
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
-  # Checked here: the Checkpointer would create a missing directory.
-  if not os.path.isdir(ckpt_dir):
-    raise ToolError(f'no checkpoint in {workdir}: {ckpt_dir} does not exist')
-
-  # Imported late: the cheap checks above answer without starting JAX.
-  from layermatch_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  from layermatch_jax import config_lib, data, evaluation  # pylint: disable=g-import-not-at-top
-  from layermatch_jax.learner import Learner  # pylint: disable=g-import-not-at-top
-  expected = (config_lib.ConfigError, data.DataError, checkpoint_lib.CheckpointError)
-
-  ckpt = checkpoint_lib.Checkpointer(ckpt_dir, async_save=False)
   try:
-    steps = sorted(ckpt.all_steps())
-    if not steps:
-      raise ToolError(f'no checkpoint in {ckpt_dir}: train first, or give another --workdir')
-    if step is None:
-      step = steps[-1]
-    elif step not in steps:
-      raise ToolError(f'--step={step} has no checkpoint in {ckpt_dir}: saved steps are '
-                      f'{", ".join(map(str, steps))}')
-    try:
-      config_lib.validate(config)
-      source = data.load_source(config.data)
-      # The pool size shapes some pseudo-label policies' state (FlexMatch).
-      learner = Learner(config, source.num_classes, source.image_shape,
-                        unlabeled_pool_size=data.unlabeled_pool_size(source))
-      # The loop's eval batch must split over its devices; ours may count
-      # differently. Batch size changes no count, so round it up to fit.
-      d = learner.num_devices
-      if config.eval_batch_size % d:
-        config.eval_batch_size = -(-config.eval_batch_size // d) * d
-      meta = checkpoint_lib.state_meta(config, source.num_classes, source.image_shape)
-      try:
-        host_state, _ = ckpt.restore(learner.init_host_state(), meta, step=step)
-      except ValueError as e:
-        # orbax's tree mismatch: the meta agrees but the state's structure does
-        # not, i.e. the checkpoint was written by another version of the code.
-        if isinstance(e, expected):
-          raise
-        raise ToolError(f'checkpoint {ckpt_dir}/{step} does not fit the train state this '
-                        f'code builds (written by another version?): {e}') from e
-      state = learner.replicate(host_state)
-      result = evaluation.evaluate_dataset(
-          learner, state, data.make_eval_iterator(source, config, num_devices=d, split=split),
-          return_predictions=True)
-    except expected as e:
-      raise ToolError(str(e)) from e
-  finally:
-    ckpt.close()
+    config = saved_run.load_config(workdir, notes)
+    if out is not None:
+      out_dir = os.path.dirname(os.path.abspath(out))
+      if not os.path.isdir(out_dir):
+        raise ToolError(f'--out={out}: directory {out_dir} does not exist')
+    run = saved_run.load(workdir, step, config=config)
+  except saved_run.RunError as e:
+    raise ToolError(str(e)) from e
+  # Imported late: the cheap checks above answer without starting JAX.
+  from layermatch_jax import data, evaluation  # pylint: disable=g-import-not-at-top
+  source, step = run.source, run.step
+  result = evaluation.evaluate_dataset(
+      run.learner, run.state,
+      data.make_eval_iterator(source, run.config, num_devices=run.learner.num_devices,
+                              split=split),
+      return_predictions=True)
 
   k = source.num_classes
   cm = confusion_matrix(result['labels'], result['predictions'], k)

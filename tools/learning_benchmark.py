@@ -64,6 +64,11 @@ BUDGETS = {
 }
 
 
+# Keys each run's own flags set (--algorithms, --num_labels, --seeds, --steps, --data).
+OWN_KEYS = ('algorithm', 'pseudo_label.policy', 'data.dir', 'data.num_labels', 'seed',
+            'num_train_steps')
+
+
 class ToolError(ValueError):
   """Bad input; the message is the one `error:` line."""
 
@@ -104,11 +109,13 @@ def config_steps(config_path: str) -> int:
 
 
 def command(budget: dict, folder: str, workdir: str, algorithm: str, num_labels: int,
-            seed: int, steps) -> list:
+            seed: int, steps, extra=None) -> list:
+  """The training command of one run; `extra` ({key: value}, --set) comes last."""
   overrides = dict(budget['overrides'], **ALGORITHMS[algorithm])
   overrides.update({'data.dir': folder, 'data.num_labels': num_labels, 'seed': seed})
   if steps:
     overrides['num_train_steps'] = steps
+  overrides.update(extra or {})
   return ([sys.executable, '-m', 'layermatch_jax.main', f'--config={budget["config"]}',
            f'--workdir={workdir}'] + [f'--config.{k}={v}' for k, v in overrides.items()])
 
@@ -262,6 +269,10 @@ def parse_args(argv):
   parser.add_argument('--steps', type=int, default=None, help='Train steps (budget default).')
   parser.add_argument('--unpack_dir', default='/tmp/layermatch_cifar10',
                       help='Where a --data archive is unpacked.')
+  parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                      help='Extra config override for every run (repeatable), e.g. '
+                      '--set=checkpoint_every_steps=250 --set=keep_checkpoints=7 to keep '
+                      'checkpoints for tools/probe.py. Not for what the table compares.')
   parser.add_argument('--dry_run', action='store_true', help='Print the commands only.')
   parser.add_argument('--report_only', action='store_true',
                       help='Run nothing: tabulate the finished runs under --out.')
@@ -276,8 +287,23 @@ def _int_list(text, name):
   return values
 
 
+def _overrides(items) -> dict:
+  """--set KEY=VALUE items as {key: value}; the algorithm and split keys are the tool's."""
+  extra = {}
+  for item in items:
+    key, sep, value = item.partition('=')
+    if not sep or not key:
+      raise ToolError(f'--set={item!r} is not valid: give KEY=VALUE, e.g. '
+                      '--set=checkpoint_every_steps=250')
+    if key in OWN_KEYS:
+      raise ToolError(f'--set={item!r}: {key} is set by the tool itself (use its own flag)')
+    extra[key] = value
+  return extra
+
+
 def main(argv):
   args = parse_args(argv)
+  extra = _overrides(args.set)
   if args.budget not in BUDGETS:
     raise ToolError(f'--budget={args.budget!r} is not valid: use one of {sorted(BUDGETS)}')
   budget = BUDGETS[args.budget]
@@ -297,7 +323,7 @@ def main(argv):
     for labels in num_labels:
       for algorithm in algorithms:
         workdir = os.path.join(out, 'runs', run_name(algorithm, labels, seed))
-        cmd = command(budget, folder, workdir, algorithm, labels, seed, steps)
+        cmd = command(budget, folder, workdir, algorithm, labels, seed, steps, extra)
         if args.dry_run:
           print(' '.join(cmd))
           continue
