@@ -198,7 +198,8 @@ class Checkpointer:
       raise CheckpointError(
           f'checkpoint {where} was written by an incompatible config '
           f'(saved vs now: {diff}); use another --workdir or the matching config')
-    abstract = jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), template)
+    # `template` may hold arrays or jax.ShapeDtypeStruct leaves (jax.eval_shape).
+    abstract = jax.tree.map(lambda x: np.zeros(np.shape(x), np.dtype(x.dtype)), template)
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))

@@ -8,13 +8,16 @@ from layermatch_jax import views as views_lib
 from layermatch_jax.state import TrainState
 
 
-def predict(state: TrainState, images, mean, std, use_ema: bool = True):
-  """Logits for uint8 images [N, H, W, C]."""
+def features_and_logits(state: TrainState, images, mean, std, use_ema: bool = True):
+  """(features z, logits) for uint8 images [N, H, W, C], in evaluation mode."""
   x = views_lib.normalize(views_lib.to_unit_float(images), mean, std)
   params = state.ema_params if use_ema else state.params
-  _, logits = state.apply_fn({'params': params, 'batch_stats': state.batch_stats}, x,
-                             train=False)
-  return logits
+  return state.apply_fn({'params': params, 'batch_stats': state.batch_stats}, x, train=False)
+
+
+def predict(state: TrainState, images, mean, std, use_ema: bool = True):
+  """Logits for uint8 images [N, H, W, C]."""
+  return features_and_logits(state, images, mean, std, use_ema)[1]
 
 
 def eval_step(state: TrainState, batch, mean, std, axis_name='batch'):

@@ -2,17 +2,17 @@
 
 What the tools that look at a finished (or running) run share:
 
-  run = saved_run.load('/tmp/demo', step=None)    # latest checkpoint
-  run.config, run.source, run.split, run.learner, run.state (replicated), run.step
+  run = saved_run.SavedRun('/tmp/demo')
+  run.config, run.source, run.split, run.learner, run.steps
+  state, step = run.restore(step=None)    # latest checkpoint, replicated
 
 Bad input raises `RunError` with a one-line message that says what to do;
 nothing in the workdir is written.
 """
 
-import dataclasses
 import json
 import os
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 CONFIG_FILE = 'config.json'  # The trainer's name for it (train.CONFIG_FILE).
 
@@ -84,63 +84,73 @@ def saved_steps(workdir: str) -> List[int]:
   return steps
 
 
-@dataclasses.dataclass
-class SavedRun:
-  workdir: str
-  config: Any
-  source: Any  # data.Source
-  split: Any  # data.Split: the run's labeled indices.
-  learner: Any  # learner.Learner
-  state: Any  # TrainState, replicated over the learner's devices.
-  step: int
-
-
-def load(workdir: str, step: Optional[int] = None, notes: Optional[list] = None,
-         config=None) -> SavedRun:
-  """Restores WORKDIR's checkpoint at `step` (default: the latest).
-
-  `config` (from load_config) saves reading it twice. The eval batch size is
-  rounded up to a multiple of this host's device count (it changes no result).
-  """
-  config = config if config is not None else load_config(workdir, notes)
-  steps = saved_steps(workdir)
+def resolve_step(workdir: str, step: Optional[int] = None,
+                 steps: Optional[List[int]] = None) -> int:
+  """`step` if WORKDIR has a checkpoint of it (None: the latest); RunError otherwise."""
+  steps = saved_steps(workdir) if steps is None else steps
   if step is None:
-    step = steps[-1]
-  elif step not in steps:
+    return steps[-1]
+  if step not in steps:
     raise RunError(f'--step={step} has no checkpoint in {checkpoint_dir(workdir)}: saved steps '
                    f'are {", ".join(map(str, steps))}')
+  return step
 
-  # Imported late: the cheap checks above answer without starting JAX.
-  from layermatch_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  from layermatch_jax import config_lib, data  # pylint: disable=g-import-not-at-top
-  from layermatch_jax.learner import Learner  # pylint: disable=g-import-not-at-top
-  expected = (config_lib.ConfigError, data.DataError, checkpoint_lib.CheckpointError)
-  ckpt = checkpoint_lib.Checkpointer(checkpoint_dir(workdir), async_save=False,
-                                     read_only=True)
-  try:
-    config_lib.validate(config)
-    source = data.load_source(config.data)
-    split_file = data.split_path(workdir)
-    split = data.load_split(split_file, source) if os.path.exists(split_file) else None
-    # The pool size shapes some pseudo-label policies' state (FlexMatch).
-    learner = Learner(config, source.num_classes, source.image_shape,
-                      unlabeled_pool_size=data.unlabeled_pool_size(source))
-    d = learner.num_devices
+
+class SavedRun:
+  """A workdir opened for reading: config, data, split and a Learner, built once;
+  `restore(step)` then reads any of its checkpoints.
+
+    run = SavedRun(workdir)
+    state, step = run.restore()            # latest; run.steps lists the saved ones
+  """
+
+  def __init__(self, workdir: str, notes: Optional[list] = None, config=None):
+    """`config` (from load_config) saves reading it twice. The eval batch size is
+    rounded up to a multiple of this host's device count (it changes no result)."""
+    self.workdir = workdir
+    self.config = config if config is not None else load_config(workdir, notes)
+    self.steps = saved_steps(workdir)
+    # Imported late: the cheap checks above answer without starting JAX.
+    import jax  # pylint: disable=g-import-not-at-top
+    from layermatch_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+    from layermatch_jax import config_lib, data  # pylint: disable=g-import-not-at-top
+    from layermatch_jax.learner import Learner  # pylint: disable=g-import-not-at-top
+    self._expected = (config_lib.ConfigError, data.DataError, checkpoint_lib.CheckpointError)
+    config = self.config
+    try:
+      config_lib.validate(config)
+      self.source = data.load_source(config.data)
+      split_file = data.split_path(workdir)
+      self.split = data.load_split(split_file, self.source) if os.path.exists(split_file) else None
+      # The pool size shapes some pseudo-label policies' state (FlexMatch).
+      self.learner = Learner(config, self.source.num_classes, self.source.image_shape,
+                             unlabeled_pool_size=data.unlabeled_pool_size(self.source))
+    except self._expected as e:
+      raise RunError(str(e)) from e
+    d = self.learner.num_devices
     if config.eval_batch_size % d:
       config.eval_batch_size = -(-config.eval_batch_size // d) * d
-    meta = checkpoint_lib.state_meta(config, source.num_classes, source.image_shape)
+    self._meta = checkpoint_lib.state_meta(config, self.source.num_classes,
+                                           self.source.image_shape)
+    # The structure restores fill: shapes and dtypes only (jax.eval_shape), since
+    # compiling the initialisers costs seconds to minutes on a CPU.
+    self._template = jax.eval_shape(self.learner.init_host_state)
+
+  def restore(self, step: Optional[int] = None) -> Tuple[Any, int]:
+    """(train state replicated over the learner's devices, step); default the latest."""
+    step = resolve_step(self.workdir, step, self.steps)
+    from layermatch_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+    ckpt = checkpoint_lib.Checkpointer(checkpoint_dir(self.workdir), async_save=False,
+                                       read_only=True)
     try:
-      host_state, _ = ckpt.restore(learner.init_host_state(), meta, step=step)
+      host_state, _ = ckpt.restore(self._template, self._meta, step=step)
+    except self._expected as e:
+      raise RunError(str(e)) from e
     except ValueError as e:
       # orbax's tree mismatch: the meta agrees but the state's structure does
       # not, i.e. the checkpoint was written by another version of the code.
-      if isinstance(e, expected):
-        raise
-      raise RunError(f'checkpoint {checkpoint_dir(workdir)}/{step} does not fit the train '
+      raise RunError(f'checkpoint {checkpoint_dir(self.workdir)}/{step} does not fit the train '
                      f'state this code builds (written by another version?): {e}') from e
-  except expected as e:
-    raise RunError(str(e)) from e
-  finally:
-    ckpt.close()
-  return SavedRun(workdir=workdir, config=config, source=source, split=split, learner=learner,
-                  state=learner.replicate(host_state), step=int(step))
+    finally:
+      ckpt.close()
+    return self.learner.replicate(host_state), int(step)

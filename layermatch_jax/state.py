@@ -47,19 +47,23 @@ def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
   """
   # Here, not at the top: algorithms/ imports this module (ClusterState).
   from layermatch_jax.algorithms import policies  # pylint: disable=g-import-not-at-top
-  init_rng, state_rng = jax.random.split(rng)
-  # Evaluation-mode init: no cross-device axis is bound outside the step.
-  variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, *image_shape)), train=False))(
-      init_rng)
-  params = variables['params']
-  feature_dim = params['head']['kernel'].shape[0]
-  return TrainState.create(
-      apply_fn=model.apply,
-      params=params,
-      tx=tx,
-      batch_stats=variables['batch_stats'],
-      ema_params=jax.tree.map(jnp.copy, params),
-      cluster=ClusterState.create(num_classes, feature_dim),
-      rng=jax.random.key_data(state_rng),
-      policy=policies.init_state(policy, num_classes, unlabeled_pool_size),
-  )
+  def build(rng):
+    init_rng, state_rng = jax.random.split(rng)
+    # Evaluation-mode init: no cross-device axis is bound outside the step.
+    variables = model.init(init_rng, jnp.zeros((1, *image_shape)), train=False)
+    params = variables['params']
+    feature_dim = params['head']['kernel'].shape[0]
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=params,
+        tx=tx,
+        batch_stats=variables['batch_stats'],
+        ema_params=jax.tree.map(jnp.copy, params),
+        cluster=ClusterState.create(num_classes, feature_dim),
+        rng=jax.random.key_data(state_rng),
+        policy=policies.init_state(policy, num_classes, unlabeled_pool_size),
+    )
+
+  # One compiled program: op by op, the optimizer's and EMA's leaves would each
+  # compile a small kernel (about 35 of them, 20 s on a busy 2-core CPU).
+  return jax.jit(build)(rng)

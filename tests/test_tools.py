@@ -204,3 +204,75 @@ def test_learning_benchmark_refuses_to_mix_step_budgets(tmp_path):
                              '--num_labels=250', '--seeds=0'))
   assert 'supervised-250-s0 is a finished run of 20 steps, not of 1500' in line, line
   assert not os.path.exists(tmp_path / 'out' / 'results.md')
+
+
+# --- tools/probe.py
+
+
+def test_probe_latest_is_deterministic_and_bounds_the_head(workdir, tmp_path):
+  out = str(tmp_path / 'probe.json')
+  first = _tool('probe', f'--workdir={workdir}', f'--json={out}')
+  assert first.returncode == 0, first.stderr
+  lines = first.stdout.strip().splitlines()
+  assert len(lines) == 1
+  result = json.loads(lines[0])
+  with open(out) as f:
+    assert f.read().strip() == lines[0]
+  # The head is scored exactly as the loop's evaluation scores it.
+  last_eval = metrics_lib.read_metrics(workdir, 'eval')[-1]
+  assert result['step'] == 40 and result['algorithm'] == 'layermatch'
+  assert result['head_top1'] == pytest.approx(last_eval['top1'], abs=1e-6)
+  assert (result['num_train'], result['num_test'], result['num_labeled']) == (1437, 360, 50)
+  assert result['feature_dim'] == 64 and result['knn_k'] == 20
+  # A linear classifier fit on every training label can do at least what the head does.
+  assert result['probe_top1'] >= result['head_top1'] - 0.02, result
+  assert result['head_probe_gap'] == pytest.approx(result['probe_top1'] - result['head_top1'])
+  assert result['head_labeled_probe_gap'] == pytest.approx(
+      result['probe_labeled_top1'] - result['head_top1'])
+  # Every class has labeled images, so Avg-Clustering has a centre for each.
+  assert result['num_centres'] == 10 and 0.0 <= result['centre_top1'] <= 1.0
+  for key in ('probe_top1', 'probe_labeled_top1', 'knn_top1', 'head_train_top1'):
+    assert 0.1 < result[key] <= 1.0, (key, result)
+  # Deterministic: the same numbers again, to the last digit.
+  again = _tool('probe', f'--workdir={workdir}')
+  assert again.returncode == 0, again.stderr
+  assert again.stdout == first.stdout
+
+
+def test_probe_every_step_in_process(workdir):
+  from tools import probe as probe_tool  # pylint: disable=g-import-not-at-top
+  results = probe_tool.probe_workdir(workdir, 'all')
+  assert [r['step'] for r in results] == [20, 40]
+  evals = {r['step']: r['top1'] for r in metrics_lib.read_metrics(workdir, 'eval')}
+  for r in results:
+    assert r['head_top1'] == pytest.approx(evals[r['step']], abs=1e-6)
+  # A subset of the training images for the probe and kNN; the labeled probe
+  # (fit on the run's 50 labeled images, embedded again when the subset misses
+  # some) is the same.
+  sub = probe_tool.probe_workdir(workdir, 40, max_train=300)[0]
+  assert sub['num_train'] == 300
+  assert sub['probe_labeled_top1'] == results[1]['probe_labeled_top1']
+  assert sub['head_top1'] == results[1]['head_top1']
+
+
+def test_probe_bad_input_and_a_write_in_progress(workdir, tmp_path):
+  # An orbax write in progress (the trainer's temporary directory) is left alone.
+  pending = os.path.join(workdir, 'checkpoints', '60.orbax-checkpoint-tmp-1234')
+  os.makedirs(pending)
+  try:
+    before = _listing(workdir)
+    line = _assert_error(_tool('probe', f'--workdir={workdir}', '--step=999'))
+    assert '999' in line and '20, 40' in line
+    line = _assert_error(_tool('probe', f'--workdir={workdir}', '--step=last'))
+    assert '--step=last is not valid' in line
+    line = _assert_error(_tool('probe', f'--workdir={workdir}', '--k=0'))
+    assert '--k=0' in line
+    line = _assert_error(_tool('probe', f'--workdir={workdir}',
+                               f'--json={tmp_path / "missing" / "p.json"}'))
+    assert 'does not exist' in line
+    _assert_error(_tool('probe', f'--workdir={tmp_path / "nothing"}'))
+    proc = _tool('evaluate', f'--workdir={workdir}', f'--out={tmp_path / "cm.png"}')
+    assert proc.returncode == 0, proc.stderr
+    assert _listing(workdir) == before and os.path.isdir(pending)
+  finally:
+    os.rmdir(pending)

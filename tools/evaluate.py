@@ -113,14 +113,15 @@ def evaluate(workdir: str, step: Optional[int] = None, split: str = 'test',
       out_dir = os.path.dirname(os.path.abspath(out))
       if not os.path.isdir(out_dir):
         raise ToolError(f'--out={out}: directory {out_dir} does not exist')
-    run = saved_run.load(workdir, step, config=config)
+    step = saved_run.resolve_step(workdir, step)  # Before the data is read: a quick answer.
+    run = saved_run.SavedRun(workdir, config=config)
+    state, step = run.restore(step)
   except saved_run.RunError as e:
     raise ToolError(str(e)) from e
-  # Imported late: the cheap checks above answer without starting JAX.
   from layermatch_jax import data, evaluation  # pylint: disable=g-import-not-at-top
-  source, step = run.source, run.step
+  source = run.source
   result = evaluation.evaluate_dataset(
-      run.learner, run.state,
+      run.learner, state,
       data.make_eval_iterator(source, run.config, num_devices=run.learner.num_devices,
                               split=split),
       return_predictions=True)
