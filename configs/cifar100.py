@@ -17,8 +17,9 @@ def get_config(arg: str = 'wrn28_2'):
   config = default.get_config()
   config.data.name = 'cifar100'
   config.data.num_labels = 400
-  config.data.mean = (0.5071, 0.4865, 0.4409)
-  config.data.std = (0.2673, 0.2564, 0.2762)
+  # USB's classic-CV constants (semilearn/datasets/cv_datasets/cifar.py).
+  config.data.mean = tuple(x / 255 for x in (129.3, 124.1, 112.4))
+  config.data.std = tuple(x / 255 for x in (68.2, 65.4, 70.4))
   config.model.name = arg
   config.optim.weight_decay = 1e-3
   return config

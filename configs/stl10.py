@@ -15,7 +15,8 @@ def get_config():
   config.data.name = 'stl10'
   config.data.num_labels = 40
   config.data.image_size = 96
-  config.data.mean = (0.4467, 0.4398, 0.4066)
-  config.data.std = (0.2603, 0.2566, 0.2713)
+  # USB's classic-CV constants (semilearn/datasets/cv_datasets/stl10.py).
+  config.data.mean = tuple(x / 255 for x in (112.4, 109.1, 98.6))
+  config.data.std = tuple(x / 255 for x in (68.4, 66.6, 68.5))
   config.model.name = 'wrn37_2'
   return config

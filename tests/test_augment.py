@@ -364,3 +364,30 @@ def test_augment_batch_matches_manual_split_and_vmap():
   for i in range(4):
     want = augment.weak_augment(keys[i], images[i], pad_fraction=0.25)
     np.testing.assert_array_equal(got[i], want)
+
+
+def test_classic_cv_strong_view_is_randaugment_with_3_ops():
+  """USB's classic-CV RandAugment(3, 5): the dataset configs and the step's view."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from configs import cifar10, cifar100, default, stl10  # pylint: disable=g-import-not-at-top
+  from layermatch_jax import views  # pylint: disable=g-import-not-at-top
+  from layermatch_jax.train_step import StepConfig  # pylint: disable=g-import-not-at-top
+  for module in (default, cifar10, cifar100, stl10):
+    assert module.get_config().augment.num_ops == 3, module.__name__
+  sc = dataclasses.replace(StepConfig.from_config(cifar10.get_config(), 10), axis_name=None)
+  assert sc.num_ops == 3
+  images = np.stack([_digits_uint8(i) for i in range(4)])
+  batch = dict(labeled_image=images[:2], labeled_label=np.zeros(2, np.int32),
+               unlabeled_image=images)
+  rng = jax.random.key_data(jax.random.key(7))
+  strong = jax.jit(lambda r, b: views.make_views(r, 5, b, sc)['x_s'])(rng, batch)
+  keys = views.example_keys(jax.random.wrap_key_data(rng), 5, views._STRONG, 4, None)  # pylint: disable=protected-access
+
+  def expected(num_ops):
+    out = jax.vmap(lambda k, x: augment.strong_augment(
+        k, x, num_ops=num_ops, cutout_fraction=sc.cutout_fraction,
+        pad_fraction=sc.pad_fraction, flip=sc.flip))(keys, _as_float(images))
+    return views.normalize(out, sc.mean, sc.std)
+
+  np.testing.assert_allclose(strong, expected(3), atol=1e-5)
+  assert not np.allclose(strong, expected(2), atol=1e-3)  # The FixMatch paper's 2 ops.
