@@ -114,4 +114,10 @@ def get_config():
   # Per-loss-term gradient norms (3 backward passes); the trainer computes them
   # on logging steps only.
   config.grad_norms_by_term = True
+  # The layer-wise probe (layermatch_jax/probe.py: head vs linear probe vs kNN vs
+  # centres) every this many steps, as metrics.jsonl lines with split 'probe';
+  # 0 = off. It embeds every training image: minutes on a CPU for CIFAR.
+  # tools/probe.py does the same for saved checkpoints, after the run.
+  config.probe_every_steps = 0
+  config.probe_max_train = config_dict.placeholder(int)  # At most this many train images.
   return config

@@ -41,6 +41,10 @@ def validate(config):
   _check(config, 'keep_checkpoints', *positive_int)
   _check(config, 'resume', lambda v: isinstance(v, bool), 'True or False')
   _check(config, 'uratio', lambda v: _is_int(v) and v >= 0, 'an integer >= 0')
+  _check(config, 'probe_every_steps', lambda v: _is_int(v) and v >= 0,
+         'an integer >= 0 (0: no probe during training)')
+  _check(config, 'probe_max_train', lambda v: v is None or (_is_int(v) and v > 0),
+         'a positive integer, or unset (every training image)')
   _check(config, 'seed', _is_int, 'an integer')
   _check(config, 'algorithm', lambda v: v in presets.PRESETS, f'one of {sorted(presets.PRESETS)}')
   _check(config, 'model.name', lambda v: v in models.BACKBONES,

@@ -18,6 +18,7 @@ from layermatch_jax import checkpoint as checkpoint_lib
 from layermatch_jax import config_lib, data, distributed, evaluation
 from layermatch_jax import metrics as metrics_lib
 from layermatch_jax import preemption
+from layermatch_jax import probe as probe_lib
 from layermatch_jax.learner import Learner
 
 SUMMARY_FILE = 'summary.json'
@@ -173,6 +174,12 @@ def train_and_evaluate(config, workdir: str, max_steps: Optional[int] = None) ->
   Returns the summary (or, when stopped early, the latest metrics).
   """
   config_lib.validate(config)
+  if config.probe_every_steps and jax.process_count() > 1:
+    # The probe embeds the train set on this process's devices only.
+    raise config_lib.ConfigError(
+        f'config.probe_every_steps={config.probe_every_steps} needs a single process '
+        f'(there are {jax.process_count()}): set it to 0 and run tools/probe.py on the '
+        'checkpoints instead')
   _prepare_workdir(workdir, config.resume)
   is_chief = jax.process_index() == 0
   source = data.load_source(config.data)
@@ -224,6 +231,14 @@ def train_and_evaluate(config, workdir: str, max_steps: Optional[int] = None) ->
     progress.line(f"eval step {step}: top1 {result['top1']:.4f} loss {result['loss']:.4f} "
                   f"({result['count']} images)")
     return result
+
+  def probe(step):
+    result = probe_lib.probe_state(learner, state, source, split.labeled_indices,
+                                   max_train=config.probe_max_train)
+    writer.write(step, 'probe', {k: v for k, v in result.items() if v is not None})
+    progress.line(f"probe step {step}: head {result['head_top1']:.4f} probe "
+                  f"{result['probe_top1']:.4f} (labeled only {result['probe_labeled_top1']:.4f}) "
+                  f"kNN {result['knn_top1']:.4f}")
 
   def save(step):
     data_state = dict(iterator=train_iter.get_state(),
@@ -286,6 +301,8 @@ def train_and_evaluate(config, workdir: str, max_steps: Optional[int] = None) ->
         progress.line(_log_line(step, total, last_metrics, last_metrics['img_per_sec'], eta))
       if step % config.eval_every_steps == 0 or step == total:
         evaluate(step)
+      if config.probe_every_steps and (step % config.probe_every_steps == 0 or step == total):
+        probe(step)
       preempted = stop_request.requested(step)
       if step % config.checkpoint_every_steps == 0 or step == stop or preempted:
         check_window()  # Never checkpoint a state after a non-finite step.

@@ -45,3 +45,17 @@ def test_defaults_follow_the_classic_recipe():
   assert (c.pseudo_label.threshold, c.layermatch.center_momentum,
           c.layermatch.temperature) == (0.95, 0.999, 0.1)
   assert c.optim.ema_decay == 0.999 and c.model.bn_momentum == 0.999
+
+
+def test_probe_settings_are_checked():
+  from configs import default
+  from layermatch_jax.config_lib import ConfigError
+  c = default.get_config()
+  assert c.probe_every_steps == 0 and c.probe_max_train is None  # Off by default.
+  c.probe_every_steps = -5
+  with pytest.raises(ConfigError, match=r'config.probe_every_steps=-5 is not valid'):
+    config_lib.validate(c)
+  c = default.get_config()
+  c.probe_max_train = 0
+  with pytest.raises(ConfigError, match=r'config.probe_max_train=0 is not valid'):
+    config_lib.validate(c)

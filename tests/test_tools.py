@@ -49,7 +49,7 @@ def workdir(tmp_path_factory):
       'batch_size': 16, 'uratio': 2, 'num_train_steps': 40, 'eval_every_steps': 20,
       'checkpoint_every_steps': 20, 'log_every_steps': 10, 'eval_batch_size': 64,
       # One compiled train step, not a second with per-term gradient norms.
-      'grad_norms_by_term': False})
+      'grad_norms_by_term': False, 'probe_every_steps': 20})
   train.train_and_evaluate(config, path)
   return path
 
@@ -244,8 +244,14 @@ def test_probe_every_step_in_process(workdir):
   results = probe_tool.probe_workdir(workdir, 'all')
   assert [r['step'] for r in results] == [20, 40]
   evals = {r['step']: r['top1'] for r in metrics_lib.read_metrics(workdir, 'eval')}
+  # The same probe ran during training (probe_every_steps=20): the saved
+  # checkpoints give the numbers it logged.
+  logged = {r['step']: r for r in metrics_lib.read_metrics(workdir, 'probe')}
+  assert sorted(logged) == [20, 40]
   for r in results:
     assert r['head_top1'] == pytest.approx(evals[r['step']], abs=1e-6)
+    for key in ('head_top1', 'probe_top1', 'probe_labeled_top1', 'knn_top1', 'centre_top1'):
+      assert logged[r['step']][key] == pytest.approx(r[key], abs=1e-9), key
   # A subset of the training images for the probe and kNN; the labeled probe
   # (fit on the run's 50 labeled images, embedded again when the subset misses
   # some) is the same.
