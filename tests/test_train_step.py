@@ -205,6 +205,23 @@ def test_step_updates_centres_by_ema_only_and_optimizer_never_sees_them():
   assert metrics['num_centers'] == float((counts > 0).sum())
 
 
+def test_init_is_bit_identical_to_a_default_compile():
+  """create_train_state compiles at a lower XLA:CPU level (faster); same bits."""
+  config = tiny_config('layermatch')
+  model = models.create_model(config.model, K, axis_name=ts.AXIS)
+  tx = optim.make_optimizer(config.optim, config.num_train_steps)
+  rng = jax.random.key(5)
+  state = create_train_state(model, tx, rng, (8, 8, 3), K)
+  init_rng, state_rng = jax.random.split(rng)
+  variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, 8, 8, 3)), train=False))(
+      init_rng)
+  for got, want in zip(jax.tree.leaves((state.params, state.batch_stats, state.ema_params)),
+                       jax.tree.leaves((variables['params'], variables['batch_stats'],
+                                        variables['params']))):
+    np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(state.rng, jax.random.key_data(state_rng))
+
+
 def test_step_metrics_and_state_bookkeeping():
   model, state, views, sc = _setup()
   new_state, metrics = _on_one_device(lambda st: ts.train_step(st, views, sc, True), state)
