@@ -66,7 +66,10 @@ def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
 
   # One compiled program: op by op, the optimizer's and EMA's leaves would each
   # compile a small kernel (about 35 of them, 20 s on a busy 2-core CPU).
-  return jax.jit(build).lower(rng).compile(_init_compiler_options())(rng)
+  init = jax.jit(build)
+  if isinstance(rng, jax.core.Tracer):  # Traced, e.g. by jax.eval_shape: no compile.
+    return init(rng)
+  return init.lower(rng).compile(_init_compiler_options())(rng)
 
 
 def _init_compiler_options() -> dict:
