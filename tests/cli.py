@@ -16,10 +16,8 @@ TINY = ('--config=configs/demo.py', '--config.data.image_size=8', '--config.batc
 
 
 def env(devices: int = 2, cache: bool = True, **extra) -> dict:
-  # The same compile level as the test process (conftest.py says why).
   out = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} '
-             '--xla_cpu_collective_call_terminate_timeout_seconds=900 '
-             '--xla_backend_optimization_level=1',
+             '--xla_cpu_collective_call_terminate_timeout_seconds=900',
              JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1')
   if not cache:
     out.pop('JAX_COMPILATION_CACHE_DIR', None)

@@ -14,12 +14,6 @@ SLOW_COLLECTIVES_OK = '--xla_cpu_collective_call_terminate_timeout_seconds=900'
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 if 'collective_call_terminate' not in os.environ['XLA_FLAGS']:
   os.environ['XLA_FLAGS'] += ' ' + SLOW_COLLECTIVES_OK
-# LLVM -O1 instead of XLA:CPU's default -O3: compiling dominates this suite (a
-# tiny step compiles in about 21 s instead of 33 s) and -O1 code runs these tiny
-# steps as fast. Production keeps the default; the one test that pins a
-# compile-level claim (init bits) compiles its reference at -O3 explicitly.
-if 'xla_backend_optimization_level' not in os.environ['XLA_FLAGS']:
-  os.environ['XLA_FLAGS'] += ' --xla_backend_optimization_level=1'
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(_ROOT, '.jax_cache'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')

@@ -213,7 +213,7 @@ def test_init_is_bit_identical_to_a_default_compile():
   rng = jax.random.key(5)
   state = create_train_state(model, tx, rng, (8, 8, 3), K)
   init_rng, state_rng = jax.random.split(rng)
-  # The reference at XLA:CPU's own default level (conftest lowers the tests' level).
+  # The reference at XLA:CPU's default level, named in case XLA_FLAGS lowers it.
   init = jax.jit(lambda r: model.init(r, jnp.zeros((1, 8, 8, 3)), train=False))
   variables = init.lower(init_rng).compile({'xla_backend_optimization_level': 3})(init_rng)
   for got, want in zip(jax.tree.leaves((state.params, state.batch_stats, state.ema_params)),
