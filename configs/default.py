@@ -19,7 +19,8 @@ from ml_collections import config_dict
 def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0
-  # 'supervised' | 'fixmatch' | 'layermatch' | 'flexmatch' | 'freematch' | 'softmatch'.
+  # 'supervised' | 'fixmatch' | 'layermatch' | 'layermatch_adaptive' | 'flexmatch' |
+  # 'freematch' | 'softmatch'.
   # See algorithms/presets.py.
   config.algorithm = 'layermatch'
 
@@ -107,6 +108,10 @@ def get_config():
   config.layermatch.head_grad_scale = config_dict.placeholder(float)
   # Separate alpha for the head bias; None means the same as head_grad_scale.
   config.layermatch.head_bias_grad_scale = config_dict.placeholder(float)
+  # Per-sample head gradient: 'static' (alpha above for every sample) or
+  # 'consensus' (the full gradient where the head's pseudo-label and the nearest
+  # centre agree); None means the algorithm preset's (consensus: layermatch_adaptive).
+  config.layermatch.head_grad_rule = config_dict.placeholder(str)
   config.layermatch.cluster_weight = config_dict.placeholder(float)  # lambda_c
   config.layermatch.center_momentum = 0.999  # beta
   config.layermatch.temperature = 0.1  # T

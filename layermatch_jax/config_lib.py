@@ -3,7 +3,7 @@
 import numbers
 
 from layermatch_jax import models
-from layermatch_jax.algorithms import policies, presets
+from layermatch_jax.algorithms import grad_relu, policies, presets
 
 
 class ConfigError(ValueError):
@@ -77,6 +77,12 @@ def validate(config):
            'a number in [0, 1] (0 = Grad-ReLU, 1 = FixMatch)')
   for key in ('layermatch.cluster_weight', 'pseudo_label.unsup_weight'):
     _check(config, key, optional(lambda v: _is_num(v) and v >= 0), 'a number >= 0')
+  _check(config, 'layermatch.head_grad_rule', optional(lambda v: v in grad_relu.HEAD_GRAD_RULES),
+         f"one of {list(grad_relu.HEAD_GRAD_RULES)} (or unset: the algorithm preset's)")
+  try:  # The knobs together (e.g. 'consensus' needs centres).
+    presets.resolve(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   _check(config, 'augment.pad_fraction', lambda v: _is_num(v) and 0 <= v < 0.5,
          'a number in [0, 0.5)')
   _check(config, 'augment.cutout_fraction', lambda v: _is_num(v) and 0 <= v <= 1,

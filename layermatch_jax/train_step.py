@@ -5,6 +5,10 @@
   L_u = mean_i m_i CE(h_W~(g(x_s,i)), y_hat_i),   W~ = alpha W + (1 - alpha) sg(W)
   L_c = mean_i m_i CE(softmax(<z_s,i, C> / T), y_hat_i)
 
+With layermatch.head_grad_rule='consensus', alpha becomes per sample: alpha_i = 1
+where y_hat_i equals the class of the nearest centre to z_w,i, the static alpha
+elsewhere (grad_relu.mix_per_sample; still one backward pass).
+
 with (y_hat, m) from the weak view by the pseudo-label policy (algorithms/
 policies.py): m is a hard mask (fixed, flexmatch, freematch) or a soft weight in
 [0, 1] (softmatch); L_u and Avg-Clustering (loss and centre update) use m as
@@ -44,6 +48,7 @@ class StepConfig:
   unsup_weight: float = 1.0
   head_grad_scale: float = 0.0
   head_bias_grad_scale: float = 0.0
+  head_grad_rule: str = 'static'
   cluster_weight: float = 1.0
   center_momentum: float = 0.999
   temperature: float = 0.1
@@ -155,6 +160,15 @@ def loss_terms(params, state: TrainState, views, sc: StepConfig):
     pseudo, mask = sel.labels, sel.weights
     # Grad-ReLU: the head sees the pseudo-label loss through W~ (alpha-scaled gradient).
     logits_s = head(grad_relu.mask_head(params['head'], sc.head_grad_scales), z_s)
+    if sc.use_clustering:
+      # The nearest centre's vote on the same weak view the pseudo-label came from.
+      centre_labels, has_centres = avg_clustering.nearest_centre(jax.lax.stop_gradient(z_w),
+                                                                 state.cluster)
+      agree = grad_relu.consensus_share(pseudo, centre_labels, has_centres)
+      aux.update(agree=agree, has_centres=has_centres)
+    if sc.head_grad_rule == 'consensus':
+      # Where head and centre agree, the head learns from the pseudo-label in full.
+      logits_s = grad_relu.mix_per_sample(head(params['head'], z_s), logits_s, agree)
     loss_unsup = jnp.mean(
         mask * optax.softmax_cross_entropy_with_integer_labels(logits_s, pseudo))
     if sc.use_clustering:
@@ -216,6 +230,11 @@ def _metrics(terms, aux, views, sc: StepConfig) -> Dict[str, jax.Array]:
       m['pseudo_label_acc'] = _ratio(correct.sum(), known.sum(), axis)
       m['confident_pseudo_label_acc'] = _ratio((correct * mask).sum(),
                                                (known * mask).sum(), axis)
+  if sc.use_unlabeled and sc.use_clustering:
+    # Of the confident pseudo-labels, the share the nearest centre agrees with:
+    # under head_grad_rule='consensus', the share whose head gradient passes.
+    m['centre_agreement'] = jnp.where(aux['has_centres'], _ratio(
+        (aux['agree'] * aux['mask']).sum(), aux['mask'].sum(), axis), jnp.nan)
   return m
 
 
@@ -242,6 +261,9 @@ def train_step(state: TrainState, views, sc: StepConfig,
 
   metrics = _metrics(terms, aux, views, sc)
   metrics['lr'] = sc.learning_rate_at(state.step)
+  # What the head became (Grad-ReLU keeps pseudo-labels out of these).
+  metrics['head_kernel_norm'] = optax.tree.norm(state.params['head']['kernel'])
+  metrics['head_bias_norm'] = optax.tree.norm(state.params['head']['bias'])
   for subtree in ('backbone', 'head'):
     metrics[f'grad_norm/{subtree}'] = optax.tree.norm(grads[subtree])
     if grad_norms_by_term:

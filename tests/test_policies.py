@@ -235,7 +235,9 @@ def test_config_presets_and_step_config():
   config = tiny_config('layermatch', **{'pseudo_label.policy': 'softmatch'})
   assert presets.resolve_policy(config) == 'softmatch'
   assert presets.resolve(config) == dict(unsup_weight=1.0, head_grad_scale=0.0,
-                                         cluster_weight=1.0, head_bias_grad_scale=0.0)
+                                         cluster_weight=1.0, head_bias_grad_scale=0.0,
+                                         head_grad_rule='static')
+  assert presets.resolve(tiny_config('layermatch_adaptive'))['head_grad_rule'] == 'consensus'
   assert presets.resolve_policy(tiny_config('fixmatch')) == 'fixed'
   with pytest.raises(ValueError, match=r"pseudo_label.policy='mixmatch' is not one of"):
     presets.resolve_policy(tiny_config('fixmatch', **{'pseudo_label.policy': 'mixmatch'}))

@@ -60,3 +60,14 @@ def cluster_loss(features, cluster: ClusterState, pseudo_labels, mask, temperatu
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, pseudo_labels)
   weight = mask * valid[pseudo_labels] * (jnp.sum(valid) >= 2)
   return jnp.mean(weight * ce)
+
+
+def nearest_centre(features, cluster: ClusterState):
+  """(class of the nearest updated centre by cosine [N], whether >= 2 centres exist).
+
+  With fewer than two centres "nearest" says nothing, so callers treat it as no vote.
+  """
+  valid = cluster.counts > 0
+  sims = l2_normalize(features) @ l2_normalize(cluster.centers).T
+  labels = jnp.argmax(jnp.where(valid[None, :], sims, -jnp.inf), axis=1)
+  return labels, jnp.sum(valid) >= 2

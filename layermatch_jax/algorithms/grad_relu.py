@@ -9,6 +9,14 @@ through the head's current weights.
 from typing import Mapping
 
 import jax
+import jax.numpy as jnp
+
+# How much pseudo-label gradient the head gets (layermatch.head_grad_rule):
+#   static     alpha = layermatch.head_grad_scale for every sample (the paper);
+#   consensus  alpha_i = 1 for a confident sample whose pseudo-label (from the
+#              head) and nearest Avg-Clustering centre (from the features) agree,
+#              the static alpha elsewhere: two independent votes for the label.
+HEAD_GRAD_RULES = ('static', 'consensus')
 
 
 def scale_gradient(x, scale: float):
@@ -23,3 +31,20 @@ def scale_gradient(x, scale: float):
 def mask_head(head_params: Mapping[str, jax.Array], scales: Mapping[str, float]):
   """Applies a gradient scale per head leaf ('kernel', 'bias')."""
   return {name: scale_gradient(w, scales[name]) for name, w in head_params.items()}
+
+
+def mix_per_sample(full_logits, masked_logits, share):
+  """Logits whose head gradient is `share_i` full and `1 - share_i` masked.
+
+  full_logits use the head's W, masked_logits its W~ (mask_head); both carry the
+  same value, so the result does too, and the backbone's gradient is the same
+  through either: only the head's gradient from sample i changes, to
+  share_i dL_i/dW + (1 - share_i) alpha dL_i/dW. `share` is not differentiated.
+  """
+  share = jax.lax.stop_gradient(share)[:, None]
+  return share * full_logits + (1.0 - share) * masked_logits
+
+
+def consensus_share(pseudo_labels, centre_labels, has_centres):
+  """1.0 where the pseudo-label equals the nearest centre's class, else 0.0."""
+  return ((pseudo_labels == centre_labels) & has_centres).astype(jnp.float32)

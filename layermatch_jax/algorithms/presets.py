@@ -7,19 +7,24 @@ FlexMatch is either `algorithm=layermatch, pseudo_label.policy=flexmatch` or
 `algorithm=flexmatch, layermatch.head_grad_scale=0, layermatch.cluster_weight=1`.
 """
 
-from layermatch_jax.algorithms import policies
+from layermatch_jax.algorithms import grad_relu, policies
 
-_PSEUDO_LABEL = dict(unsup_weight=1.0, head_grad_scale=1.0, cluster_weight=0.0)
+_PSEUDO_LABEL = dict(unsup_weight=1.0, head_grad_scale=1.0, cluster_weight=0.0,
+                     head_grad_rule='static')
 
 PRESETS = {
     # Labeled loss only: the unlabeled batch is not even forwarded.
     'supervised': dict(unsup_weight=0.0, head_grad_scale=1.0, cluster_weight=0.0,
-                       policy='fixed'),
+                       head_grad_rule='static', policy='fixed'),
     # Pseudo-labels train every layer; no clustering.
     'fixmatch': dict(_PSEUDO_LABEL, policy='fixed'),
     # Grad-ReLU (no pseudo-label gradient into the head) + Avg-Clustering.
     'layermatch': dict(unsup_weight=1.0, head_grad_scale=0.0, cluster_weight=1.0,
-                       policy='fixed'),
+                       head_grad_rule='static', policy='fixed'),
+    # LayerMatch whose head does learn from a pseudo-label where the head and the
+    # nearest Avg-Clustering centre agree on it (grad_relu.HEAD_GRAD_RULES).
+    'layermatch_adaptive': dict(unsup_weight=1.0, head_grad_scale=0.0, cluster_weight=1.0,
+                                head_grad_rule='consensus', policy='fixed'),
     # The other pseudo-label policies, plain (every layer, no clustering).
     'flexmatch': dict(_PSEUDO_LABEL, policy='flexmatch'),
     'freematch': dict(_PSEUDO_LABEL, policy='freematch'),
@@ -35,7 +40,8 @@ def _preset(config) -> dict:
 
 def resolve(config) -> dict:
   """Returns the effective {unsup_weight, head_grad_scale, head_bias_grad_scale,
-  cluster_weight} for `config`, raising ValueError on an unknown algorithm."""
+  cluster_weight, head_grad_rule} for `config`, raising ValueError on an unknown
+  algorithm or a rule that cannot work with the other knobs."""
   preset = _preset(config)
 
   def pick(value, default):
@@ -48,6 +54,16 @@ def resolve(config) -> dict:
   )
   knobs['head_bias_grad_scale'] = pick(config.layermatch.head_bias_grad_scale,
                                        knobs['head_grad_scale'])
+  rule = config.layermatch.get('head_grad_rule')
+  knobs['head_grad_rule'] = preset['head_grad_rule'] if rule is None else rule
+  if knobs['head_grad_rule'] not in grad_relu.HEAD_GRAD_RULES:
+    raise ValueError(f"layermatch.head_grad_rule={knobs['head_grad_rule']!r} is not one of "
+                     f'{list(grad_relu.HEAD_GRAD_RULES)}')
+  if knobs['head_grad_rule'] == 'consensus' and not (
+      knobs['cluster_weight'] > 0 and knobs['unsup_weight'] > 0):
+    raise ValueError("layermatch.head_grad_rule='consensus' needs Avg-Clustering's centres "
+                     'and a pseudo-label loss (layermatch.cluster_weight > 0 and '
+                     'pseudo_label.unsup_weight > 0)')
   return knobs
 
 
