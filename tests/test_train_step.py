@@ -269,7 +269,8 @@ def test_supervised_preset_ignores_unlabeled_data_and_fixmatch_keeps_centres():
 def test_presets_and_overrides():
   from layermatch_jax.algorithms import presets
   assert presets.resolve(tiny_config('layermatch')) == dict(
-      unsup_weight=1.0, head_grad_scale=0.0, cluster_weight=1.0, head_bias_grad_scale=0.0)
+      unsup_weight=1.0, head_grad_scale=0.0, cluster_weight=1.0, head_bias_grad_scale=0.0,
+      head_grad_rule='static')
   knobs = presets.resolve(tiny_config('fixmatch', **{'layermatch.cluster_weight': 0.5}))
   assert knobs['head_grad_scale'] == 1.0 and knobs['cluster_weight'] == 0.5
   with pytest.raises(ValueError, match=r"algorithm='mixmatch' is not one of"):
