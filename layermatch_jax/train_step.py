@@ -5,15 +5,15 @@
   L_u = mean_i m_i CE(h_W~(g(x_s,i)), y_hat_i),   W~ = alpha W + (1 - alpha) sg(W)
   L_c = mean_i m_i CE(softmax(<z_s,i, C> / T), y_hat_i)
 
-With layermatch.head_grad_rule='consensus', alpha becomes per sample: alpha_i = 1
-where y_hat_i equals the class of the nearest centre to z_w,i, the static alpha
-elsewhere (grad_relu.mix_per_sample; still one backward pass).
-
 with (y_hat, m) from the weak view by the pseudo-label policy (algorithms/
 policies.py): m is a hard mask (fixed, flexmatch, freematch) or a soft weight in
 [0, 1] (softmatch); L_u and Avg-Clustering (loss and centre update) use m as
 given. FreeMatch adds its fairness term w_f L_f ('fairness'), computed from the
 same strong-view logits as L_u, so Grad-ReLU scales its head gradient too.
+With layermatch.head_grad_rule='consensus', alpha becomes per sample: alpha_i = 1
+where y_hat_i equals the class of the nearest centre to z_w,i, the static alpha
+elsewhere (grad_relu.mix_per_sample; still one backward pass).
+
 One forward pass over [x_l, x_w, x_s], so BatchNorm sees the whole global batch
 (cross-device through `axis_name`).
 
@@ -261,7 +261,7 @@ def train_step(state: TrainState, views, sc: StepConfig,
 
   metrics = _metrics(terms, aux, views, sc)
   metrics['lr'] = sc.learning_rate_at(state.step)
-  # What the head became (Grad-ReLU keeps pseudo-labels out of these).
+  # The head's size before this update: what Grad-ReLU changes is what it learns from.
   metrics['head_kernel_norm'] = optax.tree.norm(state.params['head']['kernel'])
   metrics['head_bias_norm'] = optax.tree.norm(state.params['head']['bias'])
   for subtree in ('backbone', 'head'):
