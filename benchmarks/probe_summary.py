@@ -2,6 +2,7 @@
 
   python benchmarks/probe_summary.py benchmarks/digits_probe/probe/*.jsonl
   python benchmarks/probe_summary.py --step=1500 --pair=layermatch,fixmatch FILES...
+  python benchmarks/probe_summary.py --name=file --pair=fixmatch_ac,fixmatch FILES...
 
 Prints markdown: mean +- std over seeds of each probe number per algorithm at
 one step (default: the last step every file has), the trajectory of the
@@ -11,6 +12,8 @@ algorithms (same seed = same labeled images).
 
 import argparse
 import json
+import os
+import re
 import sys
 
 import numpy as np
@@ -19,15 +22,27 @@ KEYS = ('head_top1', 'probe_top1', 'probe_labeled_top1', 'knn_top1', 'centre_top
         'head_probe_gap', 'head_labeled_probe_gap')
 
 
-def load(paths):
-  """{(algorithm, seed): {step: record}} from probe JSON lines."""
-  runs = {}
+def _file_name(path):
+  """'runs/fixmatch_ac-s2.jsonl' -> 'fixmatch_ac' (the name without its seed)."""
+  return re.sub(r'-s\d+$', '', os.path.basename(path).removesuffix('.jsonl'))
+
+
+def load(paths, name='algorithm'):
+  """{(name, seed): {step: record}} from probe JSON lines.
+
+  name='algorithm' groups by the config's algorithm; name='file' by the file name
+  without '-sSEED' (for variants of one algorithm, e.g. FixMatch + Avg-Clustering).
+  """
+  runs, sources = {}, {}
   for path in paths:
     with open(path) as f:
       for line in f:
         if line.strip():
           r = json.loads(line)
-          runs.setdefault((r['algorithm'], r['seed']), {})[r['step']] = r
+          key = (r['algorithm'] if name == 'algorithm' else _file_name(path), r['seed'])
+          if sources.setdefault(key, path) != path:
+            sys.exit(f'error: {path} and {sources[key]} are both {key}: use --name=file')
+          runs.setdefault(key, {})[r['step']] = r
   return runs
 
 
@@ -83,8 +98,10 @@ def main(argv):
   parser.add_argument('files', nargs='+')
   parser.add_argument('--step', type=int, default=None)
   parser.add_argument('--pair', default='layermatch,fixmatch')
+  parser.add_argument('--name', default='algorithm', choices=('algorithm', 'file'),
+                      help="Row names: the runs' algorithm, or the file name without -sSEED.")
   args = parser.parse_args(argv)
-  runs = load(args.files)
+  runs = load(args.files, args.name)
   step = args.step or max(set.intersection(*[set(s) for s in runs.values()]))
   print(table(runs, step), end='\n\n')
   print(gap_trajectory(runs), end='\n\n')
