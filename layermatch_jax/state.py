@@ -76,10 +76,10 @@ def _init_compiler_options() -> dict:
   """XLA:CPU compiles the initialisers' threefry bits slowly at its default -O3.
 
   LLVM -O1 compiles the WRN-10-1 init about 3 times faster (8 s instead of 26 s
-  on a busy 2-core CPU) and, being integer bit-mixing plus a few float ops run
-  once, gives bit-identical parameters (tests/test_train_step.py,
-  test_init_is_bit_identical_to_a_default_compile, checks this). The
-  init runs once a run, so its code speed is irrelevant. Other backends keep
+  on a busy 2-core CPU) and gave bit-identical parameters for it (-O0 did not);
+  tests/test_train_step.py::test_init_is_bit_identical_to_a_default_compile
+  checks this on the tests' small WRN. The init runs once a run, so its code
+  speed is irrelevant. Other backends keep
   their defaults (the option's meaning differs there).
   """
   if jax.default_backend() == 'cpu':
