@@ -44,6 +44,7 @@ ALGORITHMS = {
     'supervised': {'algorithm': 'supervised'},
     'fixmatch': {'algorithm': 'fixmatch'},
     'layermatch': {'algorithm': 'layermatch'},
+    'layermatch_adaptive': {'algorithm': 'layermatch_adaptive'},
     'flexmatch': {'algorithm': 'flexmatch'},
     'lm+flexmatch': {'algorithm': 'layermatch', 'pseudo_label.policy': 'flexmatch'},
     'freematch': {'algorithm': 'freematch'},
