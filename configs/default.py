@@ -40,7 +40,18 @@ def get_config():
   config.data = ml_collections.ConfigDict()
   config.data.name = 'cifar10'
   config.data.dir = config_dict.placeholder(str)
-  config.data.num_labels = 40  # Total labeled images, class-balanced.
+  # Total labeled images, class-balanced; 'all' labels every train image (e.g.
+  # every photo under a folder's train/<class>/, however uneven the classes).
+  # An int or 'all', so the field takes either type.
+  config.data.num_labels = config_dict.FieldReference(40, field_type=object)
+  # How labeled batches are drawn: 'uniform' over the labeled images (USB), or
+  # 'balanced': every class equally often (rarer classes' images repeat).
+  config.data.labeled_sampling = 'uniform'
+  # An image folder without test/: labeled train images held out per class for
+  # evaluation, the same ones for every seed. A fraction in (0, 1) of each class
+  # (at least one image, always leaving one to train on), a count >= 1, or 0 to
+  # train without evaluation. Unused when the folder has test/.
+  config.data.val_per_class = config_dict.FieldReference(0.2, field_type=object)
   config.data.split_file = config_dict.placeholder(str)
   config.data.image_size = 32
   config.data.download = False

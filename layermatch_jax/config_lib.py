@@ -35,9 +35,17 @@ def validate(config):
   """Raises ConfigError on the first invalid value."""
   positive_int = (lambda v: _is_int(v) and v > 0, 'a positive integer')
   for key in ('num_train_steps', 'eval_every_steps', 'log_every_steps',
-              'checkpoint_every_steps', 'batch_size', 'eval_batch_size', 'data.image_size',
-              'data.num_labels'):
+              'checkpoint_every_steps', 'batch_size', 'eval_batch_size', 'data.image_size'):
     _check(config, key, *positive_int)
+  _check(config, 'data.num_labels', lambda v: v == 'all' or (_is_int(v) and v > 0),
+         "a positive integer (labeled images, a multiple of the class count) or 'all' "
+         '(every train image)')
+  _check(config, 'data.labeled_sampling', lambda v: v in ('uniform', 'balanced'),
+         "'uniform' (over labeled images) or 'balanced' (over classes)")
+  _check(config, 'data.val_per_class',
+         lambda v: _is_num(v) and (0 <= v < 1 or (v >= 1 and float(v).is_integer())),
+         'a fraction in (0, 1) of each class, a whole count >= 1, or 0 (no evaluation); '
+         'used when an image folder has no test/')
   _check(config, 'keep_checkpoints', *positive_int)
   _check(config, 'resume', lambda v: isinstance(v, bool), 'True or False')
   _check(config, 'uratio', lambda v: _is_int(v) and v >= 0, 'an integer >= 0')

@@ -2,6 +2,7 @@
 
 `train_and_evaluate(config, workdir)` is what `main.py` runs and what a notebook
 can call. Workdir contents (DESIGN.md section 3): config.json, splits/,
+data_summary.json (what the data turned out to be: data/summary.py),
 metrics.jsonl, TensorBoard events, checkpoints/, summary.json.
 """
 
@@ -79,10 +80,12 @@ def _load_or_make_split(source, config, workdir: str, is_chief: bool):
   path = data.split_path(workdir)
   if os.path.exists(path):
     split = data.load_split(path, source)
-    if split.num_labels != config.data.num_labels:
+    wanted = data.labeled_count(source, config.data.num_labels)
+    if split.num_labels != wanted:
       raise data.DataError(
           f'{path} has {split.num_labels} labels but data.num_labels='
-          f'{config.data.num_labels}: use a new --workdir or the same num_labels')
+          f'{config.data.num_labels!r} asks for {wanted}: use a new --workdir or the same '
+          'num_labels')
     return split
   split = data.get_split(source, config)
   if is_chief:
@@ -163,7 +166,8 @@ def _compile_collectives(learner, config, state, batch, eval_batch):
     diagnostics_at.add(False)
   for diagnostics in sorted(diagnostics_at):
     learner.step_fn(diagnostics).lower(state, batch).compile()
-  evaluation.eval_step_fn(learner).lower(state, evaluation.eval_inputs(eval_batch)).compile()
+  if eval_batch is not None:
+    evaluation.eval_step_fn(learner).lower(state, evaluation.eval_inputs(eval_batch)).compile()
 
 
 def train_and_evaluate(config, workdir: str, max_steps: Optional[int] = None) -> dict:
@@ -186,6 +190,11 @@ def train_and_evaluate(config, workdir: str, max_steps: Optional[int] = None) ->
   split = _load_or_make_split(source, config, workdir, is_chief)
 
   say = (lambda text: print(text, flush=True)) if is_chief else (lambda text: None)
+  data_summary = data.describe(source, split)
+  if is_chief:
+    _write_json(os.path.join(workdir, data.SUMMARY_FILE), data_summary)
+  say(data.format_summary(data_summary))
+  evaluates = data_summary['evaluation']
   learner = Learner(config, source.num_classes, source.image_shape,
                     unlabeled_pool_size=data.unlabeled_pool_size(source))
   meta = checkpoint_lib.state_meta(config, source.num_classes, source.image_shape)
@@ -279,7 +288,8 @@ def train_and_evaluate(config, workdir: str, max_steps: Optional[int] = None) ->
   early = []  # A batch taken before the loop (to compile with) is trained on first.
   if jax.process_count() > 1 and start_step < stop:
     early.append(next(train_iter))
-    _compile_collectives(learner, config, state, early[0], next(iter(eval_batches())))
+    _compile_collectives(learner, config, state, early[0],
+                         next(iter(eval_batches())) if evaluates else None)
   distributed.barrier('layermatch_train_start')
   stop_request = preemption.StopRequest()
   with stop_request:
@@ -299,9 +309,10 @@ def train_and_evaluate(config, workdir: str, max_steps: Optional[int] = None) ->
         last_metrics['img_per_sec'] = steps_per_s * images_per_step
         writer.write(step, 'train', last_metrics)
         progress.line(_log_line(step, total, last_metrics, last_metrics['img_per_sec'], eta))
-      if step % config.eval_every_steps == 0 or step == total:
+      if evaluates and (step % config.eval_every_steps == 0 or step == total):
         evaluate(step)
-      if config.probe_every_steps and (step % config.probe_every_steps == 0 or step == total):
+      if (evaluates and config.probe_every_steps
+          and (step % config.probe_every_steps == 0 or step == total)):
         probe(step)
       preempted = stop_request.requested(step)
       if step % config.checkpoint_every_steps == 0 or step == stop or preempted:
@@ -327,7 +338,10 @@ def train_and_evaluate(config, workdir: str, max_steps: Optional[int] = None) ->
     return last_metrics
   summary = metrics_lib.summarize(metrics_lib.read_metrics(workdir, 'eval'), total, wall_s)
   _write_json(os.path.join(workdir, SUMMARY_FILE), summary)
-  print(f"Done: final top1 {summary['final_top1']:.4f}, best {summary['best_top1']:.4f}, "
-        f"median of last {min(20, summary['num_evals'])} evals "
-        f"{summary['median_last_top1']:.4f}; {wall_s:.0f} s", flush=True)
+  if summary['num_evals']:
+    print(f"Done: final top1 {summary['final_top1']:.4f}, best {summary['best_top1']:.4f}, "
+          f"median of last {min(20, summary['num_evals'])} evals "
+          f"{summary['median_last_top1']:.4f}; {wall_s:.0f} s", flush=True)
+  else:
+    print(f'Done, without evaluation (no test images); {wall_s:.0f} s', flush=True)
   return summary

@@ -103,6 +103,13 @@ CASES = {
     'labels_not_divisible_by_classes': (
         lambda t: (t / 'w', ['--config.data.num_labels=55'], {}),
         'data.num_labels=55 is not divisible by the 10 classes of digits: use a multiple'),
+    'num_labels_neither_a_number_nor_all': (
+        lambda t: (t / 'w', ['--config.data.num_labels=some'], {}),
+        "config.data.num_labels='some' is not valid: use a positive integer (labeled images, "
+        "a multiple of the class count) or 'all'"),
+    'val_per_class_not_a_fraction_or_count': (
+        lambda t: (t / 'w', ['--config.data.val_per_class=1.5'], {}),
+        'config.data.val_per_class=1.5 is not valid: use a fraction in (0, 1)'),
     'more_labels_than_a_class_has': (
         lambda t: (t / 'w', [*FOLDER, f'--config.data.dir={make_folder(t / "img")}',
                              '--config.data.num_labels=10'], {}),

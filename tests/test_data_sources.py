@@ -1,5 +1,6 @@
 """Sources: digits, image folders, and TFDS (mocked, never downloaded)."""
 
+import json
 import logging
 import os
 import subprocess
@@ -142,12 +143,86 @@ def test_folder_test_classes_must_match(tmp_path):
     data.load_source(data_config('folder', 12, dir=str(tmp_path)))
 
 
+def test_folder_summary_counts_what_is_in_the_folder(tmp_path):
+  make_folder(tmp_path)
+  with open(tmp_path / 'README.txt', 'w') as f:
+    f.write('a file beside train/')
+  source = data.load_source(data_config('folder', 12, dir=str(tmp_path)))
+  summary = data.describe(source, data.make_split(source, 'all', seed=0))
+  assert summary['class_names'] == ['ant', 'bee', 'cat']
+  assert [(c['train'], c['labeled'], c['test']) for c in summary['classes']] == [
+      (3, 3, 1), (2, 2, 1), (1, 1, 1)]
+  assert (summary['num_train'], summary['num_labeled'], summary['num_test'],
+          summary['num_extra_unlabeled'], summary['unlabeled_pool_size']) == (6, 6, 3, 2, 8)
+  assert summary['test_from'] == 'test/' and summary['evaluation']
+  ignored = {os.path.relpath(f['path'], tmp_path): f['why'] for f in summary['ignored_files']}
+  assert ignored == {'README.txt': 'not train/, test/ or unlabeled/',
+                     'train/ant/notes.txt': 'not an image: extension .txt',
+                     'train/bee/.DS_Store': 'hidden'}
+  assert summary['skipped_files'] == []
+  sizes = summary['stored_image_sizes']  # Every image's stored size, as found.
+  assert sum(sizes.values()) == 11 and sizes['17x23'] == 1 and sizes['13x13'] == 1
+  json.dumps(summary)  # JSON-ready as it is.
+  text = data.format_summary(summary)
+  assert '  ant          3        3        1' in text
+  assert '  total        6        6        3' in text
+  assert 'ignored 3 files' in text and 'test: from test/' in text
+
+
+def test_folder_summary_lists_skipped_files(tmp_path):
+  make_folder(tmp_path)
+  with open(tmp_path / 'train' / 'cat' / 'broken.png', 'wb') as f:
+    f.write(b'not a png')
+  source = data.load_source(data_config('folder', 12, dir=str(tmp_path), skip_bad_files=True))
+  summary = data.describe(source, data.make_split(source, 'all', seed=0))
+  assert [os.path.basename(f['path']) for f in summary['skipped_files']] == ['broken.png']
+  assert summary['classes'][2]['train'] == 1
+  assert 'skipped (unreadable) 1 file: ' in data.format_summary(summary)
+
+
+@pytest.mark.parametrize('val_per_class,expected', [
+    (0.2, [1, 1, 2, 0]), (0.5, [1, 2, 5, 0]), (3, [1, 3, 3, 0]), (1, [1, 1, 1, 0]),
+    (0, [0, 0, 0, 0])])
+def test_holdout_counts_leave_an_image_to_train_on(val_per_class, expected):
+  # Classes of 2, 4, 10 and 1 images.
+  np.testing.assert_array_equal(folder.holdout_counts([2, 4, 10, 1], val_per_class), expected)
+
+
+def _uneven_folder(root, counts=(2, 4, 10, 1)):
+  """Classes c0..c3 of `counts` images whose red channel spells (class, index)."""
+  for c, n in enumerate(counts):
+    for i in range(n):
+      _save(f'{root}/train/c{c}/{i:02d}.png', (6, 6), (10 * c + i, 0, 0))
+
+
+def test_folder_without_test_holds_out_labeled_images(tmp_path):
+  _uneven_folder(tmp_path)
+  source = data.load_source(data_config('folder', 6, dir=str(tmp_path), val_per_class=0.5))
+  np.testing.assert_array_equal(np.bincount(source.test.labels, minlength=4), [1, 2, 5, 0])
+  np.testing.assert_array_equal(np.bincount(source.train.labels, minlength=4), [1, 2, 5, 1])
+  red = lambda records: set(records.get_batch(np.arange(len(records)))[0][:, 0, 0, 0].tolist())
+  held, kept = red(source.test), red(source.train)
+  assert not held & kept and len(held | kept) == 17  # Held out = not trained on, not even unlabeled.
+  again = data.load_source(data_config('folder', 6, dir=str(tmp_path), val_per_class=0.5))
+  assert red(again.test) == held  # Fixed, whatever config.seed.
+  summary = data.describe(source, data.make_split(source, 'all', seed=0))
+  assert summary['test_from'] == 'held out from train/' and summary['val_per_class'] == 0.5
+  assert 'test: 8 labeled images held out from train/' in data.format_summary(summary)
+  none = data.load_source(data_config('folder', 6, dir=str(tmp_path), val_per_class=0))
+  assert len(none.test) == 0 and len(none.train) == 17
+  summary = data.describe(none, data.make_split(none, 'all', seed=0))
+  assert not summary['evaluation'] and 'evaluation: NONE' in data.format_summary(summary)
+
+
 def test_folder_missing_dirs(tmp_path):
   with pytest.raises(data.DataError, match='does not exist'):
     data.load_source(data_config('folder', 12, dir=str(tmp_path / 'nowhere')))
   with pytest.raises(data.DataError, match='data.dir is not set'):
     data.load_source(data_config('folder', 12))
   with pytest.raises(data.DataError, match='no train/ folder'):
+    data.load_source(data_config('folder', 12, dir=str(tmp_path)))
+  os.makedirs(tmp_path / 'train')
+  with pytest.raises(data.DataError, match='has no class subfolders'):
     data.load_source(data_config('folder', 12, dir=str(tmp_path)))
 
 

@@ -196,3 +196,25 @@ def test_digits_end_to_end():
   total = sum(int(b['mask'].sum()) for b in data.make_eval_iterator(source, config,
                                                                      num_devices=8))
   assert total == len(source.test) == 360
+
+
+def test_balanced_sampling_draws_every_class_equally_often():
+  source, config = fake_source(), make_config(batch_size=4, uratio=1)
+  # An uneven split: 1, 2, 3, 4 and 10 labeled images of classes a..e.
+  labels = np.asarray(source.train.labels)
+  chosen = np.concatenate([np.flatnonzero(labels == c)[:n] for c, n in enumerate((1, 2, 3, 4, 10))])
+  split = data.Split(dataset='fake', num_classes=5, pool_size=len(labels), num_labels=len(chosen),
+                     seed=0, fingerprint='x', labeled_indices=np.sort(chosen))
+  uniform = _stream(take(data.make_train_iterator(source, split, config, num_devices=1), 50),
+                    'labeled_index')
+  config.data.labeled_sampling = 'balanced'
+  balanced = _stream(take(data.make_train_iterator(source, split, config, num_devices=1), 50),
+                     'labeled_index')  # 200 items = 4 epochs of 5 classes x 10.
+  assert set(balanced) == set(chosen)
+  for e in range(4):
+    np.testing.assert_array_equal(np.bincount(labels[balanced[50 * e:50 * e + 50]]), [10] * 5)
+  # Uniform over images: class e (10 of the 20 images) is half the stream.
+  np.testing.assert_array_equal(np.bincount(labels[uniform]), [10, 20, 30, 40, 100])
+  config.data.labeled_sampling = 'by_class'
+  with pytest.raises(data.DataError, match="labeled_sampling='by_class' is not valid"):
+    data.make_train_iterator(source, split, config, num_devices=1)

@@ -51,10 +51,28 @@ def test_exactly_balanced(num_labels):
   assert split.dataset == 'fake' and split.pool_size == sum(COUNTS)
 
 
-def test_no_labels_means_whole_pool():
-  source = fake_source()
-  split = splits.make_split(source, 0, seed=0)
+def test_all_labels_is_the_whole_pool_whatever_the_class_counts():
+  source = fake_source()  # Classes of 10, 12, 8 and 20 images.
+  split = splits.make_split(source, 'all', seed=0)
   np.testing.assert_array_equal(split.labeled_indices, np.arange(sum(COUNTS)))
+  assert split.num_labels == sum(COUNTS)
+  np.testing.assert_array_equal(np.bincount(source.train.labels[split.labeled_indices]), COUNTS)
+
+
+@pytest.mark.parametrize('bad', [0, -4, None, 'some', 2.5, True])
+def test_num_labels_must_be_positive_or_all(bad):
+  with pytest.raises(data.DataError, match=r"not valid: use a positive multiple .* or 'all'"):
+    splits.make_split(fake_source(), bad, seed=0)
+
+
+def test_all_labels_with_a_split_file_must_label_everything(tmp_path):
+  source = fake_source()
+  path = str(tmp_path / 'split.json')
+  data.save_split(path, splits.make_split(source, 'all', seed=0))
+  assert data.get_split(source, config_for('all', split_file=path)).num_labels == sum(COUNTS)
+  data.save_split(path, splits.make_split(source, 8, seed=0))
+  with pytest.raises(data.DataError, match="has 8 labels but data.num_labels='all' asks for 50"):
+    data.get_split(source, config_for('all', split_file=path))
 
 
 def test_not_divisible_names_the_numbers():
@@ -94,7 +112,7 @@ def test_get_split_reloads_the_file_whatever_the_seed(tmp_path):
   got = data.get_split(source, config_for(8, seed=99, split_file=path))
   np.testing.assert_array_equal(got.labeled_indices,
                                 splits.make_split(source, 8, seed=1).labeled_indices)
-  with pytest.raises(data.DataError, match='has 8 labels but data.num_labels=16'):
+  with pytest.raises(data.DataError, match='has 8 labels but data.num_labels=16 asks for 16'):
     data.get_split(source, config_for(16, split_file=path))
 
 

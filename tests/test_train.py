@@ -52,6 +52,11 @@ def test_workdir_layout_metrics_and_summary(full_run):
     assert json.load(f)['model']['name'] == 'wrn10_1'
   with open(os.path.join(workdir, 'splits', 'split.json')) as f:
     assert len(json.load(f)['labeled_indices']) == 50
+  with open(os.path.join(workdir, 'data_summary.json')) as f:
+    data_summary = json.load(f)
+  assert data_summary['class_names'] == [str(d) for d in range(10)]
+  assert [c['labeled'] for c in data_summary['classes']] == [5] * 10
+  assert (data_summary['num_labeled'], data_summary['num_test']) == (50, 360)
 
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     records = [json.loads(line) for line in f]
@@ -141,3 +146,48 @@ def test_non_finite_error_is_not_hidden_by_a_failed_checkpoint_write(tmp_path, m
   assert ' at step ' in message and 'stopped without writing a checkpoint' in message, message
   assert message.endswith('; also, could not write checkpoint 3 (disk full)'), message
   assert '\n' not in message
+
+
+def _uneven_folder(root, counts=(7, 23, 12)):
+  """train/<class>/ of uneven sizes, no test/: the practitioner's folder."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for c, n in enumerate(counts):
+    os.makedirs(os.path.join(root, 'train', f'class{c}'))
+    for i in range(n):
+      colour = np.zeros(3)
+      colour[c] = 200
+      pixels = np.clip(colour + rng.normal(0, 40, (10, 10, 3)), 0, 255).astype(np.uint8)
+      Image.fromarray(pixels).save(os.path.join(root, 'train', f'class{c}', f'{i}.png'))
+  return str(root)
+
+
+def test_uneven_folder_all_labels_no_test_folder(tmp_path, capsys):
+  folder = _uneven_folder(tmp_path / 'images')
+  config = _config(**{'data.name': 'folder', 'data.dir': folder, 'data.num_labels': 'all',
+                      'batch_size': 8, 'eval_batch_size': 8, 'grad_norms_by_term': False})
+  workdir = str(tmp_path / 'run')
+  summary = train.train_and_evaluate(config, workdir)
+  out = capsys.readouterr().out
+  # val_per_class=0.2 holds out 1, 5 and 2 images; the rest (6, 18, 10) are all labeled.
+  with open(os.path.join(workdir, 'data_summary.json')) as f:
+    data_summary = json.load(f)
+  assert [(c['train'], c['labeled'], c['test']) for c in data_summary['classes']] == [
+      (6, 6, 1), (18, 18, 5), (10, 10, 2)]
+  assert 'test: 8 labeled images held out from train/' in out
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  evals = [r for r in records if r['split'] == 'eval']
+  assert [r['step'] for r in evals] == [6, 12] and summary['num_evals'] == 2
+  assert 'eval step 12: top1 ' in out and '(8 images)' in out
+
+  # data.val_per_class=0: every image trains, no evaluation, and the run says so.
+  config.data.val_per_class = 0
+  workdir = str(tmp_path / 'no_eval')
+  summary = train.train_and_evaluate(config, workdir)
+  out = capsys.readouterr().out
+  assert 'evaluation: NONE' in out and 'Done, without evaluation' in out
+  assert summary['num_evals'] == 0 and summary['final_top1'] is None
+  with open(os.path.join(workdir, 'splits', 'split.json')) as f:
+    assert json.load(f)['num_labels'] == 42
+  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints'))) == [4, 8, 12]

@@ -6,7 +6,9 @@ iterator yields exactly the same batches. Augmentation runs on device; the
 host only gathers uint8 images (one numpy fancy-indexing call per stream for
 in-memory data).
 
-Sampling. Each stream (labeled: the split's indices; unlabeled: every train
+Sampling. Each stream (labeled: the split's indices, or with
+data.labeled_sampling='balanced' those indices with every class's repeated up
+to the largest class's count; unlabeled: every train
 image, then every extra unlabeled image) is an endless sequence
 perm_0 ++ perm_1 ++ ... of per-epoch permutations drawn from
 (config.seed, stream, epoch). Global batch k is items [k*G, (k+1)*G) of that
@@ -152,6 +154,18 @@ class EvalBatchFn:
             'mask': _per_device(mask, d)}
 
 
+def balanced_indices(indices: np.ndarray, labels: np.ndarray) -> np.ndarray:
+  """`indices` with each class's repeated (cyclically) up to the largest class.
+
+  An epoch of the labeled stream then holds every class equally often, and
+  the per-epoch permutations do the rest: class-balanced sampling that keeps
+  the stream a plain sequence of permutations.
+  """
+  classes, counts = np.unique(labels, return_counts=True)
+  most = int(counts.max())
+  return np.concatenate([np.resize(indices[labels == c], most) for c in classes])
+
+
 def _read_options(config) -> grain.ReadOptions:
   # Batches are big: a short queue of whole batches, a few threads building them.
   return grain.ReadOptions(num_threads=int(config.data.get('num_threads', 2)),
@@ -186,6 +200,12 @@ def make_train_iterator(source: Source, split, config, *, num_devices: int,
   labeled = np.asarray(split.labeled_indices, np.int64)
   if labeled.size == 0:
     raise DataError('the labeled split is empty: set data.num_labels > 0')
+  sampling = config.data.get('labeled_sampling', 'uniform')
+  if sampling == 'balanced':
+    labeled = balanced_indices(labeled, np.asarray(source.train.labels)[labeled])
+  elif sampling != 'uniform':
+    raise DataError(f"data.labeled_sampling={sampling!r} is not valid: use 'uniform' or "
+                    "'balanced'")
   step_fn = TrainBatchFn(
       train=source.train, extra=source.extra_unlabeled, labeled_indices=labeled,
       seed=int(config.seed), global_labeled=config.batch_size,

@@ -54,6 +54,9 @@ class Source:
   test: Records
   extra_unlabeled: Records
   num_skipped_files: int = 0  # Unreadable files left out (data.skip_bad_files).
+  # What a loader found beyond the records, for the data summary (data/summary.py):
+  # e.g. a folder's ignored and skipped files, stored image sizes, held-out test.
+  details: dict = dataclasses.field(default_factory=dict)
 
 
 class ArrayRecords:
@@ -156,13 +159,19 @@ def to_rgb_array(image: Image.Image, size: int) -> np.ndarray:
   return np.asarray(image, np.uint8)
 
 
-def decode_file(path: str, size: int) -> np.ndarray:
-  """Decodes one image file (JPEG/PNG/BMP/GIF/TIFF/WebP) to uint8 [size, size, 3]."""
+def read_image(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+  """(uint8 [size, size, 3], the stored (width, height)) of one image file."""
   with Image.open(path) as image:
+    stored = image.size
     # JPEG only: decode at a reduced scale that is still >= size (much faster).
     image.draft('RGB', (size, size))
     image = ImageOps.exif_transpose(image)
-    return to_rgb_array(image, size)
+    return to_rgb_array(image, size), stored
+
+
+def decode_file(path: str, size: int) -> np.ndarray:
+  """Decodes one image file (JPEG/PNG/BMP/GIF/TIFF/WebP) to uint8 [size, size, 3]."""
+  return read_image(path, size)[0]
 
 
 def resize_array(image: np.ndarray, size: int) -> np.ndarray:

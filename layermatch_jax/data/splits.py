@@ -1,7 +1,9 @@
 """Class-balanced labeled splits of the train pool, drawn from a seed, saved as JSON.
 
 Standard SSL protocol: the labeled images are `num_labels / num_classes` per
-class; the unlabeled pool is *all* train images (the labeled ones included,
+class. `num_labels='all'` labels every train image instead, whatever the
+per-class counts (a practitioner's folder: every photo under train/<class>/ was
+labeled by hand). The unlabeled pool is *all* train images (the labeled ones included,
 their labels hidden) plus the source's extra unlabeled images. A split file
 names the dataset and a fingerprint of its train labels, so a file made for
 other data is refused instead of silently training on the wrong images.
@@ -18,6 +20,15 @@ from layermatch_jax.data.sources import DataError
 from layermatch_jax.data.sources import Source
 
 SPLIT_FORMAT = 1
+ALL = 'all'  # data.num_labels: every train image is labeled.
+VALID_NUM_LABELS = f"a positive multiple of the class count, or '{ALL}' (every train image)"
+
+
+def labeled_count(source: Source, num_labels) -> int:
+  """How many labeled images `num_labels` asks for from `source`."""
+  if num_labels == ALL:
+    return int(np.sum(np.asarray(source.train.labels) >= 0))
+  return int(num_labels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,13 +54,18 @@ def fingerprint(source: Source) -> str:
 def make_split(source: Source, num_labels, seed: int) -> Split:
   """Draws `num_labels / num_classes` train images per class from `seed`.
 
-  `num_labels` of None or <= 0 labels the whole train pool (fully supervised;
-  not class-balanced then).
+  `num_labels='all'` labels every train image with a label instead (as many
+  per class as there are; the seed plays no part).
   """
   labels = np.asarray(source.train.labels)
   k = source.num_classes
-  if num_labels is None or num_labels <= 0:
-    indices = np.arange(len(labels), dtype=np.int64)
+  if num_labels == ALL:
+    indices = np.flatnonzero(labels >= 0).astype(np.int64)
+    if not indices.size:
+      raise DataError(f"data.num_labels='{ALL}' but {source.name} has no labeled train images")
+  elif (not isinstance(num_labels, (int, np.integer)) or isinstance(num_labels, bool)
+        or num_labels <= 0):
+    raise DataError(f'data.num_labels={num_labels!r} is not valid: use {VALID_NUM_LABELS}')
   else:
     if num_labels % k:
       raise DataError(
@@ -143,9 +159,9 @@ def get_split(source: Source, config) -> Split:
   if not split_file:
     return make_split(source, num_labels, config.seed)
   split = load_split(split_file, source)
-  if num_labels and num_labels > 0 and num_labels != split.num_labels:
+  if num_labels is not None and labeled_count(source, num_labels) != split.num_labels:
     raise DataError(
         f'data.split_file={split_file} has {split.num_labels} labels but '
-        f'data.num_labels={num_labels}: set --config.data.num_labels='
-        f'{split.num_labels} or drop data.split_file')
+        f'data.num_labels={num_labels!r} asks for {labeled_count(source, num_labels)}: set '
+        f'--config.data.num_labels={split.num_labels} or drop data.split_file')
   return split
