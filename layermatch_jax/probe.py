@@ -17,6 +17,18 @@ statistics (exactly what evaluation uses):
                       has centres (runs with layermatch.cluster_weight > 0)
   head_probe_gap      probe_top1 - head_top1: what the head, not the features, costs
 
+With the run's labeled split, also how the head fits the two kinds of training
+data (train images, un-augmented, EMA parameters; in training the pseudo-labels
+come from weak views and the live parameters, so these approximate them):
+
+  head_labeled_top1 / head_labeled_loss      on the labeled images (true labels)
+  head_unlabeled_top1 / head_unlabeled_loss  on the other train images: how
+                      right the head's pseudo-labels are
+  head_unlabeled_confident_share / _top1     of those, the share with max
+                      softmax >= pseudo_label.threshold, and their accuracy
+  head_unlabeled_top1_per_class              [K] per true class (a list; the
+                      worst class is head_unlabeled_worst_class_top1)
+
 The linear classifier is scikit-learn's multinomial logistic regression
 (L-BFGS, deterministic) on features standardised with the fitting set's mean
 and std, with a fixed C = 1 (sklearn's default): nothing is chosen on the test
@@ -125,6 +137,41 @@ def _accuracy(pred, labels) -> float:
   return float(np.mean(np.asarray(pred) == np.asarray(labels)))
 
 
+def _cross_entropy(logits, labels) -> float:
+  logits = np.asarray(logits, np.float64)
+  shifted = logits - logits.max(1, keepdims=True)
+  log_p = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+  return float(-np.mean(log_p[np.arange(len(labels)), labels]))
+
+
+def head_fit(logits, labels, is_labeled, num_classes: int, threshold: float) -> dict:
+  """The head on labeled vs unlabeled training images (see the module doc)."""
+  logits, labels = np.asarray(logits), np.asarray(labels)
+  is_labeled = np.asarray(is_labeled, bool)
+  pred = logits.argmax(1)
+  out = dict(head_labeled_top1=_accuracy(pred[is_labeled], labels[is_labeled]),
+             head_labeled_loss=_cross_entropy(logits[is_labeled], labels[is_labeled]),
+             num_unlabeled_train=int((~is_labeled).sum()))
+  rest = ~is_labeled
+  if not rest.any():  # Every train image labeled: no pseudo-labels to judge.
+    return out
+  correct = pred[rest] == labels[rest]
+  shifted = logits[rest] - logits[rest].max(1, keepdims=True)
+  confidence = 1.0 / np.exp(shifted).sum(1)  # max softmax
+  confident = confidence >= threshold
+  per_class = [float(correct[labels[rest] == c].mean()) if (labels[rest] == c).any() else None
+               for c in range(num_classes)]
+  present = [a for a in per_class if a is not None]
+  out.update(
+      head_unlabeled_top1=float(correct.mean()),
+      head_unlabeled_loss=_cross_entropy(logits[rest], labels[rest]),
+      head_unlabeled_confident_share=float(confident.mean()),
+      head_unlabeled_confident_top1=float(correct[confident].mean()) if confident.any() else None,
+      head_unlabeled_top1_per_class=per_class,
+      head_unlabeled_worst_class_top1=min(present))
+  return out
+
+
 def probe_state(learner, state, source, labeled_indices=None, k: int = KNN_K,
                 max_train: Optional[int] = None) -> Dict[str, object]:
   """The probe's numbers for a (replicated) train state; see the module doc.
@@ -165,6 +212,8 @@ def probe_state(learner, state, source, labeled_indices=None, k: int = KNN_K,
     result.update(num_labeled=int(len(labeled_idx)),
                   probe_labeled_top1=_accuracy(labeled.predict(z_test), y_test))
     result['head_labeled_probe_gap'] = result['probe_labeled_top1'] - result['head_top1']
+    result.update(head_fit(logits_train, y_train, np.isin(train_idx, labeled_idx),
+                           num_classes, learner.config.pseudo_label.threshold))
 
   cluster = learner.host(state.cluster)
   pred = nearest_centre(z_test, cluster.centers, cluster.counts)

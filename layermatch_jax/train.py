@@ -244,7 +244,8 @@ def train_and_evaluate(config, workdir: str, max_steps: Optional[int] = None) ->
   def probe(step):
     result = probe_lib.probe_state(learner, state, source, split.labeled_indices,
                                    max_train=config.probe_max_train)
-    writer.write(step, 'probe', {k: v for k, v in result.items() if v is not None})
+    writer.write(step, 'probe', {k: v for k, v in result.items()
+                                 if isinstance(v, (int, float))})  # Lists: tools/probe.py.
     progress.line(f"probe step {step}: head {result['head_top1']:.4f} probe "
                   f"{result['probe_top1']:.4f} (labeled only {result['probe_labeled_top1']:.4f}) "
                   f"kNN {result['knn_top1']:.4f}")

@@ -7,6 +7,7 @@ the simulated devices and the persistent compilation cache of conftest.py.
 
 import json
 import os
+import re
 import sys
 
 import ipykernel  # pylint: disable=unused-import  (the kernel the notebook runs in)
@@ -19,6 +20,7 @@ NOTEBOOK = os.path.join(ROOT, 'notebooks', 'grad_mask_ablation.ipynb')
 
 TINY = dict(
     STEPS=4, EVAL_EVERY=2, ALPHAS=[0, 1], CLUSTER_WEIGHTS=[1.0], MASKS=False, GRAD_POINTS=2,
+    RULES=['consensus'],
     IMAGE_SIZE=8, BATCH_SIZE=8, URATIO=2,
     # Every pseudo-label passes, so alpha=1 must give the head a non-zero unsup gradient.
     CONFIG_OVERRIDES={'pseudo_label.threshold': 0.0, 'augment.num_ops': 0})
@@ -59,7 +61,10 @@ def test_notebook_runs_tiny_sweep(tmp_path, monkeypatch):
   assert results['python'] == sys.executable
   assert results['params']['STEPS'] == 4
   settings = results['settings']
-  assert [(s['head_grad_scale'], s['cluster_weight']) for s in settings] == [(0.0, 1.0), (1.0, 1.0)]
+  assert [(s['head_grad_scale'], s['cluster_weight'], s['head_grad_rule']) for s in settings] == [
+      (0.0, 1.0, 'static'), (1.0, 1.0, 'static'), (0.0, 1.0, 'consensus')]
+  assert re.search(r'consensus clu=1 +final top1 [01]\.\d{3} .*centre agreement by step 2: ', text)
+  assert os.path.isfile(out_dir / 'static_vs_consensus.png')
   for s in settings:
     assert [h['step'] for h in s['history']] == [2, 4]
     for h in s['history']:
@@ -68,7 +73,7 @@ def test_notebook_runs_tiny_sweep(tmp_path, monkeypatch):
       assert h['mask_ratio'] == 1.0  # Threshold 0.
     assert 0.0 <= s['final_top1'] <= s['best_top1'] <= 1.0
     assert sorted(s['grad_norms']) == ['0', '4']
-  by_alpha = {s['head_grad_scale']: s for s in settings}
+  by_alpha = {s['head_grad_scale']: s for s in settings if s['head_grad_rule'] == 'static'}
   for step in ('0', '4'):
     g0 = by_alpha[0.0]['grad_norms'][step]
     g1 = by_alpha[1.0]['grad_norms'][step]

@@ -52,3 +52,32 @@ def test_linear_probe_separates_separable_data_deterministically():
   scaled = features * np.r_[1000.0, np.ones(15)]
   c = probe.LinearProbe().fit(scaled[:300], labels[:300])
   np.testing.assert_array_equal(c.predict(scaled[300:]), a.predict(features[300:]))
+
+
+def test_head_fit_on_labeled_and_unlabeled_train_images():
+  # 6 images, 3 classes; images 0 and 3 are labeled.
+  logits = np.log(np.array([
+      [0.90, 0.05, 0.05],   # class 0, labeled, right
+      [0.97, 0.02, 0.01],   # class 0, right, confident
+      [0.20, 0.70, 0.10],   # class 0, wrong
+      [0.10, 0.80, 0.10],   # class 1, labeled, right
+      [0.01, 0.98, 0.01],   # class 1, right, confident
+      [0.01, 0.01, 0.98]])) # class 2, right, confident
+  labels = np.array([0, 0, 0, 1, 1, 2])
+  labeled = np.array([True, False, False, True, False, False])
+  out = probe.head_fit(logits, labels, labeled, 3, threshold=0.95)
+  assert out['head_labeled_top1'] == 1.0 and out['num_unlabeled_train'] == 4
+  np.testing.assert_allclose(out['head_labeled_loss'], -np.mean(np.log([0.90, 0.80])))
+  assert out['head_unlabeled_top1'] == 0.75
+  np.testing.assert_allclose(out['head_unlabeled_loss'],
+                             -np.mean(np.log([0.97, 0.20, 0.98, 0.98])))
+  assert out['head_unlabeled_confident_share'] == 0.75
+  assert out['head_unlabeled_confident_top1'] == 1.0
+  assert out['head_unlabeled_top1_per_class'] == [0.5, 1.0, 1.0]
+  assert out['head_unlabeled_worst_class_top1'] == 0.5
+  # A class with no unlabeled image has no accuracy, and the worst ignores it.
+  out = probe.head_fit(logits[:5], labels[:5], labeled[:5], 3, threshold=0.99)
+  assert out['head_unlabeled_top1_per_class'] == [0.5, 1.0, None]
+  assert out['head_unlabeled_confident_top1'] is None  # None at 0.99.
+  # Every image labeled: nothing to say about pseudo-labels.
+  assert 'head_unlabeled_top1' not in probe.head_fit(logits, labels, np.ones(6, bool), 3, 0.95)

@@ -233,6 +233,14 @@ def test_probe_latest_is_deterministic_and_bounds_the_head(workdir, tmp_path):
   assert result['num_centres'] == 10 and 0.0 <= result['centre_top1'] <= 1.0
   for key in ('probe_top1', 'probe_labeled_top1', 'knn_top1', 'head_train_top1'):
     assert 0.1 < result[key] <= 1.0, (key, result)
+  # The head on the 50 labeled vs the 1387 other train images (its pseudo-labels):
+  # together they are its accuracy on the whole train pool.
+  assert result['num_unlabeled_train'] == 1387
+  assert (50 * result['head_labeled_top1'] + 1387 * result['head_unlabeled_top1']) / 1437 == (
+      pytest.approx(result['head_train_top1']))
+  per_class = result['head_unlabeled_top1_per_class']
+  assert len(per_class) == 10 and min(per_class) == result['head_unlabeled_worst_class_top1']
+  assert 0.0 <= result['head_unlabeled_confident_share'] <= 1.0
   # Deterministic: the same numbers again, to the last digit.
   again = _tool('probe', f'--workdir={workdir}')
   assert again.returncode == 0, again.stderr
