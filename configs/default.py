@@ -19,7 +19,8 @@ from ml_collections import config_dict
 def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0
-  # 'supervised' | 'fixmatch' | 'layermatch' | 'layermatch_adaptive' | 'flexmatch' |
+  # 'supervised' | 'fixmatch' | 'layermatch' | 'layermatch_adaptive' |
+  # 'layermatch_warmup' | 'flexmatch' |
   # 'freematch' | 'softmatch'.
   # See algorithms/presets.py.
   config.algorithm = 'layermatch'
@@ -121,8 +122,11 @@ def get_config():
   config.layermatch.head_bias_grad_scale = config_dict.placeholder(float)
   # Per-sample head gradient: 'static' (alpha above for every sample) or
   # 'consensus' (the full gradient where the head's pseudo-label and the nearest
-  # centre agree); None means the algorithm preset's (consensus: layermatch_adaptive).
+  # centre agree) or 'warmup' (alpha(t) from alpha to 1, below); None means the
+  # algorithm preset's (consensus: layermatch_adaptive, warmup: layermatch_warmup).
+  # 'warmup': alpha rises linearly to 1 over this share of training.
   config.layermatch.head_grad_rule = config_dict.placeholder(str)
+  config.layermatch.head_grad_warmup_fraction = 1 / 3
   config.layermatch.cluster_weight = config_dict.placeholder(float)  # lambda_c
   config.layermatch.center_momentum = 0.999  # beta
   config.layermatch.temperature = 0.1  # T

@@ -87,6 +87,8 @@ def validate(config):
     _check(config, key, optional(lambda v: _is_num(v) and v >= 0), 'a number >= 0')
   _check(config, 'layermatch.head_grad_rule', optional(lambda v: v in grad_relu.HEAD_GRAD_RULES),
          f"one of {list(grad_relu.HEAD_GRAD_RULES)} (or unset: the algorithm preset's)")
+  _check(config, 'layermatch.head_grad_warmup_fraction', lambda v: _is_num(v) and 0 < v <= 1,
+         'a number in (0, 1] (the share of training over which the warmup rule rises)')
   try:  # The knobs together (e.g. 'consensus' needs centres).
     presets.resolve(config)
   except ValueError as e:

@@ -12,7 +12,8 @@ given. FreeMatch adds its fairness term w_f L_f ('fairness'), computed from the
 same strong-view logits as L_u, so Grad-ReLU scales its head gradient too.
 With layermatch.head_grad_rule='consensus', alpha becomes per sample: alpha_i = 1
 where y_hat_i equals the class of the nearest centre to z_w,i, the static alpha
-elsewhere (grad_relu.mix_per_sample; still one backward pass).
+elsewhere (grad_relu.mix_per_sample; still one backward pass). With 'warmup',
+alpha(t) rises from the static alpha to 1 over the first head_grad_warmup_steps.
 
 One forward pass over [x_l, x_w, x_s], so BatchNorm sees the whole global batch
 (cross-device through `axis_name`).
@@ -49,6 +50,7 @@ class StepConfig:
   head_grad_scale: float = 0.0
   head_bias_grad_scale: float = 0.0
   head_grad_rule: str = 'static'
+  head_grad_warmup_steps: int = 1  # Used by head_grad_rule='warmup'.
   cluster_weight: float = 1.0
   center_momentum: float = 0.999
   temperature: float = 0.1
@@ -80,6 +82,8 @@ class StepConfig:
         flip=config.augment.flip,
         num_ops=config.augment.num_ops,
         cutout_fraction=config.augment.cutout_fraction,
+        head_grad_warmup_steps=max(1, round(
+            config.layermatch.head_grad_warmup_fraction * config.num_train_steps)),
         **knobs)
 
   @property
@@ -169,6 +173,10 @@ def loss_terms(params, state: TrainState, views, sc: StepConfig):
     if sc.head_grad_rule == 'consensus':
       # Where head and centre agree, the head learns from the pseudo-label in full.
       logits_s = grad_relu.mix_per_sample(head(params['head'], z_s), logits_s, agree)
+    elif sc.head_grad_rule == 'warmup':
+      share = grad_relu.warmup_share(state.step, sc.head_grad_warmup_steps)
+      logits_s = grad_relu.mix_per_sample(head(params['head'], z_s), logits_s,
+                                          jnp.full(pseudo.shape, share))
     loss_unsup = jnp.mean(
         mask * optax.softmax_cross_entropy_with_integer_labels(logits_s, pseudo))
     if sc.use_clustering:

@@ -104,7 +104,9 @@ def test_no_centre_vote_is_layermatch_and_full_agreement_is_fixmatch_with_cluste
 @pytest.mark.parametrize('overrides, message', [
     ({'layermatch.head_grad_rule': 'sometimes'},
      "config.layermatch.head_grad_rule='sometimes' is not valid: use one of "
-     "['static', 'consensus']"),
+     "['static', 'consensus', 'warmup']"),
+    ({'layermatch.head_grad_warmup_fraction': 0.0},
+     'config.layermatch.head_grad_warmup_fraction=0.0 is not valid: use a number in (0, 1]'),
     ({'algorithm': 'fixmatch', 'layermatch.head_grad_rule': 'consensus'},
      "layermatch.head_grad_rule='consensus' needs Avg-Clustering's centres"),
 ])
@@ -113,3 +115,20 @@ def test_bad_rule_is_a_config_error(overrides, message):
   with pytest.raises(config_lib.ConfigError) as e:
     config_lib.validate(config)
   assert message in str(e.value)
+
+
+@pytest.mark.parametrize('step, share', [(0, 0.0), (25, 0.25), (100, 1.0), (400, 1.0)])
+def test_warmup_head_gradient_is_the_scheduled_share(step, share):
+  # 300 train steps x 1/3: the head's pseudo-label gradient rises over 100 steps.
+  model, state, views, sc = _setup('layermatch_warmup', threshold=0.0,
+                                   **{'num_train_steps': 300})
+  assert sc.head_grad_rule == 'warmup' and sc.head_grad_warmup_steps == 100
+  state = state.replace(step=jnp.asarray(step, state.step.dtype))
+  losses = reference_losses(model, state, views, sc)
+  g_s, g_u, g_full = _on_one_device(lambda p: (
+      jax.grad(lambda q: losses(q)[0])(p), jax.grad(lambda q: losses(q)[1])(p),
+      jax.grad(lambda q: sum(losses(q)[:3]))(p)), state.params)
+  grads, _ = _grads(state, views, sc)
+  _allclose(grads['head'], jax.tree.map(lambda s, u: s + share * u, g_s['head'], g_u['head']))
+  _allclose(grads['backbone'], g_full['backbone'])  # The backbone gets everything, always.
+  assert _max_abs(g_u['head']) > 1e-3  # The pseudo-label term does reach a head here.

@@ -45,6 +45,7 @@ ALGORITHMS = {
     'fixmatch': {'algorithm': 'fixmatch'},
     'layermatch': {'algorithm': 'layermatch'},
     'layermatch_adaptive': {'algorithm': 'layermatch_adaptive'},
+    'layermatch_warmup': {'algorithm': 'layermatch_warmup'},
     'flexmatch': {'algorithm': 'flexmatch'},
     'lm+flexmatch': {'algorithm': 'layermatch', 'pseudo_label.policy': 'flexmatch'},
     'freematch': {'algorithm': 'freematch'},

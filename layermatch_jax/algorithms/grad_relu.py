@@ -15,8 +15,17 @@ import jax.numpy as jnp
 #   static     alpha = layermatch.head_grad_scale for every sample (the paper);
 #   consensus  alpha_i = 1 for a confident sample whose pseudo-label (from the
 #              head) and nearest Avg-Clustering centre (from the features) agree,
-#              the static alpha elsewhere: two independent votes for the label.
-HEAD_GRAD_RULES = ('static', 'consensus')
+#              the static alpha elsewhere: two independent votes for the label;
+#   warmup     alpha(t) = alpha + (1 - alpha) min(1, t / T) for every sample,
+#              T = layermatch.head_grad_warmup_fraction of training: Grad-ReLU
+#              early, while pseudo-labels are poor, FixMatch's head later (a
+#              baseline for consensus, whose agreement also rises to 1).
+HEAD_GRAD_RULES = ('static', 'consensus', 'warmup')
+
+
+def warmup_share(step, warmup_steps: int):
+  """The share of the pseudo-label gradient the warm-up passes at `step`."""
+  return jnp.clip(jnp.asarray(step, jnp.float32) / warmup_steps, 0.0, 1.0)
 
 
 def scale_gradient(x, scale: float):

@@ -25,6 +25,10 @@ PRESETS = {
     # nearest Avg-Clustering centre agree on it (grad_relu.HEAD_GRAD_RULES).
     'layermatch_adaptive': dict(unsup_weight=1.0, head_grad_scale=0.0, cluster_weight=1.0,
                                 head_grad_rule='consensus', policy='fixed'),
+    # LayerMatch whose head's pseudo-label gradient rises from 0 to 1 over the
+    # first layermatch.head_grad_warmup_fraction of training: the schedule baseline.
+    'layermatch_warmup': dict(unsup_weight=1.0, head_grad_scale=0.0, cluster_weight=1.0,
+                              head_grad_rule='warmup', policy='fixed'),
     # The other pseudo-label policies, plain (every layer, no clustering).
     'flexmatch': dict(_PSEUDO_LABEL, policy='flexmatch'),
     'freematch': dict(_PSEUDO_LABEL, policy='freematch'),
