@@ -24,6 +24,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from layermatch_jax.algorithms import presets
+
 
 class CheckpointError(ValueError):
   """A checkpoint that cannot be used with this config."""
@@ -31,7 +33,6 @@ class CheckpointError(ValueError):
 
 def state_meta(config, num_classes: int, image_shape) -> dict:
   """What must agree between the run that wrote a checkpoint and one that reads it."""
-  from layermatch_jax.algorithms import presets  # pylint: disable=g-import-not-at-top
   return dict(model=config.model.name, num_classes=int(num_classes),
               image_shape=[int(s) for s in image_shape], algorithm=config.algorithm,
               policy=presets.resolve_policy(config),

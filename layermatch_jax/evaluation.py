@@ -5,6 +5,7 @@ import numpy as np
 import jax.numpy as jnp
 
 from layermatch_jax import views as views_lib
+from layermatch_jax.parallel import AXIS
 from layermatch_jax.state import TrainState
 
 
@@ -20,7 +21,7 @@ def predict(state: TrainState, images, mean, std, use_ema: bool = True):
   return features_and_logits(state, images, mean, std, use_ema)[1]
 
 
-def eval_step(state: TrainState, batch, mean, std, axis_name='batch'):
+def eval_step(state: TrainState, batch, mean, std, axis_name=AXIS):
   """Counts over a padded batch {image, label, mask}, summed over devices.
 
   Returns {'correct', 'count', 'loss_sum'} and the predictions.

@@ -2,8 +2,12 @@
 
   learner = Learner(config, num_classes=10, image_shape=(32, 32, 3))
   state = learner.init_state()
-  state, metrics = learner.step(state, batch)         # host arrays, global batch
-  grads = learner.gradients(state, batch)             # {'sup'|'unsup'|'cluster': {'backbone', 'head'}}
+  state, metrics = learner.step(state, batch)   # a pipeline batch, or a global one
+  grads = learner.gradients(state, batch)       # {'sup'|'unsup'|'cluster': {'backbone', 'head'}}
+
+A batch is either what data.make_train_iterator yields (arrays laid out
+[devices, per-device batch, ...]) or global host arrays [batch, ...], which the
+Learner splits over its devices.
 
 States returned by the Learner are replicated over its devices; `learner.host(state)`
 gives one copy as numpy arrays. Steps donate the state passed in: keep only the
@@ -26,6 +30,12 @@ def _is_raw_batch(batch) -> bool:
   return 'labeled_image' in batch
 
 
+def _is_sharded(batch) -> bool:
+  """Whether the batch's images already have the device axis: [D, B, H, W, C]."""
+  images = batch['labeled_image'] if _is_raw_batch(batch) else batch['x_l']
+  return np.ndim(images) == 5
+
+
 class Learner:
   """Model, optimizer and pmapped steps built from one config."""
 
@@ -39,7 +49,7 @@ class Learner:
     self.unlabeled_pool_size = unlabeled_pool_size
     self.image_shape = tuple(image_shape)
     self.devices = list(devices or jax.local_devices())
-    self.model = models.create_model(config.model, num_classes, axis_name=train_step_lib.AXIS)
+    self.model = models.create_model(config.model, num_classes, axis_name=parallel.AXIS)
     self.tx = optim.make_optimizer(config.optim, config.num_train_steps)
     self.step_config = train_step_lib.StepConfig.from_config(config, num_classes)
     self._compiled = {}
@@ -72,13 +82,17 @@ class Learner:
       self._compiled[name] = parallel.pmap(fn, self.devices, donate_state=donate_state)
     return self._compiled[name]
 
-  def _shard(self, batch):
-    return parallel.shard(batch, self.num_devices)
+  def _shard(self, batch, sharded: Optional[bool] = None):
+    """The batch laid out [devices, per-device batch, ...]; `sharded` None: detect."""
+    if sharded is None:
+      sharded = _is_sharded(batch)
+    return batch if sharded else parallel.shard(batch, self.num_devices)
 
   def step(self, state: TrainState, batch, grad_norms_by_term: bool = False,
-           sharded: bool = False):
+           sharded: Optional[bool] = None):
     """One train step on a host batch: uint8 images (as the pipeline makes) or
-    ready views (x_l, y_l, x_w, x_s, y_u). Global arrays unless `sharded`.
+    ready views (x_l, y_l, x_w, x_s, y_u); sharded ([devices, per-device, ...],
+    as the pipeline yields) or global. `sharded` None tells them apart by rank.
 
     Returns the new (replicated) state and the step's metrics as floats.
     """
@@ -88,7 +102,7 @@ class Learner:
       fn = self.pmapped_fn(('views_step', grad_norms_by_term), functools.partial(
           train_step_lib.train_step, sc=self.step_config,
           grad_norms_by_term=grad_norms_by_term))
-    state, metrics = fn(state, batch if sharded else self._shard(batch))
+    state, metrics = fn(state, self._shard(batch, sharded))
     return state, {k: float(v) for k, v in self.host(metrics).items()}
 
   def step_fn(self, grad_norms_by_term: bool = False):
@@ -99,7 +113,8 @@ class Learner:
         functools.partial(train_step_lib.train_step_on_batch, sc=self.step_config,
                           grad_norms_by_term=grad_norms_by_term))
 
-  def gradients(self, state: TrainState, batch) -> Dict[str, Dict[str, dict]]:
+  def gradients(self, state: TrainState, batch,
+                sharded: Optional[bool] = None) -> Dict[str, Dict[str, dict]]:
     """This step's gradient split by loss term and subtree, without updating.
 
     Keys 'sup', 'unsup', 'cluster' (and 'fairness' for FreeMatch; each weighted
@@ -113,7 +128,7 @@ class Learner:
       return train_step_lib.term_gradients(st, views, sc)[0]
 
     grads = self.host(self.pmapped_fn(('grads', _is_raw_batch(batch)), grads_fn,
-                                    donate_state=False)(state, self._shard(batch)))
+                                    donate_state=False)(state, self._shard(batch, sharded)))
     grads['total'] = jax.tree.map(lambda *g: sum(g), *[grads[t] for t in sc.terms])
     return grads
 
@@ -122,7 +137,7 @@ class Learner:
     sc = self.step_config
     fn = self.pmapped_fn(('predict', use_ema), lambda st, x: evaluation.predict(
         st, x, sc.mean, sc.std, use_ema=use_ema), donate_state=False)
-    logits = np.asarray(fn(state, self._shard(images)))
+    logits = np.asarray(fn(state, parallel.shard(images, self.num_devices)))
     return logits.reshape(-1, logits.shape[-1])
 
   def accuracy(self, state: TrainState, images, labels, batch_size: int = 512) -> float:

@@ -118,9 +118,12 @@ def main(argv):
       reason = str(e).strip().splitlines()[-1].strip()
       fail(f'--config={config_flags.get_config_filename(FLAGS["config"])} could not be '
            f'loaded ({reason}); give a path like configs/demo.py')
+  new_workdir = not os.path.exists(FLAGS.workdir)
   try:
     result = train.train_and_evaluate(config, FLAGS.workdir)
   except expected as e:
+    if new_workdir and os.path.isdir(FLAGS.workdir) and not os.listdir(FLAGS.workdir):
+      os.rmdir(FLAGS.workdir)  # A failed start leaves no empty workdir behind.
     try:
       fail(e)
     except SystemExit:

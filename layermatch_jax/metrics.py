@@ -1,14 +1,19 @@
-"""Metric logs: WORKDIR/metrics.jsonl and TensorBoard event files, same names.
+"""Metrics of a run: the logs, the window of step metrics, the progress line.
 
-One JSON object a line: {"step": k, "split": "train" | "eval", <name>: value, ...}.
-Only process 0 writes; other processes get a writer that does nothing.
+Logs: WORKDIR/metrics.jsonl and TensorBoard event files, with the same names.
+One JSON object a line: {"step": k, "split": "train" | "eval" | "probe",
+<name>: value, ...}. Only process 0 writes; other processes get a writer that
+does nothing.
 """
 
 import json
 import math
 import os
-from typing import Dict, List, Optional
+import sys
+import time
+from typing import Callable, Dict, List, Optional
 
+import jax
 import numpy as np
 
 METRICS_FILE = 'metrics.jsonl'
@@ -113,3 +118,115 @@ def summarize(eval_records: List[dict], steps: int, wall_s: float, last: int = 2
       steps=int(steps),
       wall_s=float(wall_s),
   )
+
+
+# Per-step metrics that must stay finite, in the order a message names them.
+FINITE_KEYS = ('loss_sup', 'loss_unsup', 'loss_cluster', 'loss_fairness', 'loss',
+               'grad_norm/backbone', 'grad_norm/head')
+
+
+def first_non_finite(steps, history):
+  """(step, key, value) of the first non-finite loss term or gradient norm, or None."""
+  for step, m in zip(steps, history):
+    for key in FINITE_KEYS:
+      if key in m and not np.isfinite(m[key]):
+        return step, key, m[key]
+  return None
+
+
+class MetricWindow:
+  """The step metrics of one logging window.
+
+  Steps append their metrics as device arrays (no wait); `fetch` brings the
+  pending ones to the host and returns the first non-finite loss or gradient
+  norm among them, if any; `take` returns the window's metrics and starts a
+  new window.
+  """
+
+  def __init__(self, first_step: int, to_host: Callable):
+    self._to_host = to_host  # One device's copy of a replicated tree, as numpy.
+    self._next_step = first_step  # The step of _pending[0].
+    self._pending = []  # Still on device.
+    self._fetched = []  # On the host, checked.
+
+  def append(self, step_metrics):
+    self._pending.append(step_metrics)
+
+  def fetch(self):
+    """Fetches the pending metrics: (step, key, value) of the first non-finite one, or None."""
+    history = [{k: float(v) for k, v in self._to_host(m).items()} for m in self._pending]
+    steps = range(self._next_step, self._next_step + len(history))
+    self._pending, self._next_step = [], self._next_step + len(history)
+    self._fetched.extend(history)
+    return first_non_finite(steps, history)
+
+  def take(self) -> List[Dict[str, float]]:
+    """The window's metrics (fetch first: a non-finite one is the caller's to check)."""
+    history, self._fetched = self._fetched, []
+    return history
+
+
+class Progress:
+  """A line every log step; a one-line bar between them on a terminal."""
+
+  def __init__(self, total: int, start: int, enabled: bool = True):
+    self.total, self.start = total, start
+    self.enabled = enabled
+    self.tty = enabled and sys.stdout.isatty()
+    self.t0 = None  # Set after the first (compiling) step.
+    self.t0_step = start
+    self._last_bar = 0.0
+
+  def after_step(self, step: int, step_metrics):
+    """Starts the clock after the first (compiling) step; draws the bar."""
+    if self.t0 is None:
+      jax.block_until_ready(step_metrics)  # Compilation is not throughput.
+      self.t0, self.t0_step = time.time(), step
+    self.bar(step)
+
+  def timing(self, step: int):
+    """(steps per second since the first step, seconds left), NaN before."""
+    now = time.time()
+    if self.t0 is None or step <= self.t0_step:
+      return float('nan'), float('nan')
+    steps_per_s = (step - self.t0_step) / max(now - self.t0, 1e-9)
+    eta = (self.total - step) / steps_per_s if steps_per_s > 0 else float('nan')
+    return steps_per_s, eta
+
+  def bar(self, step: int):
+    if not self.tty or time.time() - self._last_bar < 0.5:
+      return
+    self._last_bar = time.time()
+    done = int(30 * step / self.total)
+    sys.stdout.write(f'\r[{"#" * done}{"." * (30 - done)}] {step}/{self.total}')
+    sys.stdout.flush()
+
+  def line(self, text: str):
+    if self.enabled:
+      print(('\r' if self.tty else '') + text, flush=True)
+
+
+def format_eta(seconds: float) -> str:
+  if not np.isfinite(seconds):
+    return '?'
+  seconds = int(seconds)
+  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+
+
+def train_line(step: int, total: int, m: Dict[str, float], eta: float) -> str:
+  """The log step's progress line: losses, mask, pseudo-label accuracy, lr, speed, ETA."""
+  nan = float('nan')
+  parts = [f'step {step}/{total}', f"loss {m.get('loss', nan):.4f}",
+           f"sup {m.get('loss_sup', nan):.4f}"]
+  for key, short in (('loss_unsup', 'unsup'), ('loss_cluster', 'cluster')):
+    if key in m:
+      parts.append(f'{short} {m[key]:.4f}')
+  if 'mask_ratio' in m:
+    parts.append(f"mask {m['mask_ratio']:.3f}")
+  if 'pseudo_label_acc' in m:
+    parts.append(f"pl_acc {m['pseudo_label_acc']:.3f}")
+  parts.append(f"lr {m.get('lr', nan):.4g}")
+  img_per_s = m.get('img_per_sec', nan)
+  parts.append(f'{img_per_s:.0f} img/s' if np.isfinite(img_per_s) else '? img/s')
+  parts.append(f'ETA {format_eta(eta)}')
+  return ' | '.join(parts)

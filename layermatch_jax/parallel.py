@@ -1,7 +1,9 @@
-"""Data parallelism over local devices, kept behind a few small functions.
+"""Data parallelism over local devices: the axis name, pmap and host <-> device.
 
-Everything device-parallel goes through `pmap`, `replicate`, `unreplicate`
-and `shard`, so a later move to `jax.jit` over a mesh touches only this file.
+The training code maps over devices through `pmap`, `replicate`, `unreplicate`
+and `shard` here. A move to `jax.jit` over a mesh would start in this file but
+not end in it: the input pipeline's `[devices, per-device batch]` layout,
+`evaluation`'s padded batches and `tools/benchmark.py` assume that layout too.
 """
 
 from typing import Callable, Optional, Sequence
@@ -9,7 +11,10 @@ from typing import Callable, Optional, Sequence
 import jax
 import numpy as np
 
-from layermatch_jax.train_step import AXIS
+
+# The name of the device axis that collectives (BatchNorm statistics, psum of
+# the centres' sums, the loss means) reduce over.
+AXIS = 'batch'
 
 
 def _pmap_devices(devices):

@@ -2,23 +2,13 @@
 
 from typing import Any, Optional
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-
-@flax.struct.dataclass
-class ClusterState:
-  """Avg-Clustering class centres C (K x D, float32) and their update counts."""
-  centers: jax.Array
-  counts: jax.Array  # int32 [K]: EMA updates each centre has had (0 = never).
-
-  @classmethod
-  def create(cls, num_classes: int, feature_dim: int) -> 'ClusterState':
-    return cls(centers=jnp.zeros((num_classes, feature_dim), jnp.float32),
-               counts=jnp.zeros((num_classes,), jnp.int32))
+from layermatch_jax.algorithms import policies
+from layermatch_jax.algorithms.avg_clustering import ClusterState
 
 
 class TrainState(train_state.TrainState):
@@ -45,8 +35,6 @@ def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
   `policy` names the pseudo-label policy whose state to create; FlexMatch needs
   `unlabeled_pool_size` (data.unlabeled_pool_size(source)).
   """
-  # Here, not at the top: algorithms/ imports this module (ClusterState).
-  from layermatch_jax.algorithms import policies  # pylint: disable=g-import-not-at-top
   def build(rng):
     init_rng, state_rng = jax.random.split(rng)
     # Evaluation-mode init: no cross-device axis is bound outside the step.

@@ -6,14 +6,13 @@ data_summary.json (what the data turned out to be: data/summary.py),
 metrics.jsonl, TensorBoard events, checkpoints/, summary.json.
 """
 
+import functools
 import json
 import os
-import sys
 import time
 from typing import Optional
 
 import jax
-import numpy as np
 
 from layermatch_jax import checkpoint as checkpoint_lib
 from layermatch_jax import config_lib, data, distributed, evaluation
@@ -32,20 +31,6 @@ class WorkdirError(ValueError):
 
 class NonFiniteError(ValueError):
   """A loss or gradient became NaN or infinite; no checkpoint was written after it."""
-
-
-# Per-step metrics that must stay finite, in the order a message names them.
-_FINITE_KEYS = ('loss_sup', 'loss_unsup', 'loss_cluster', 'loss_fairness', 'loss',
-                'grad_norm/backbone', 'grad_norm/head')
-
-
-def first_non_finite(steps, history):
-  """(step, key, value) of the first non-finite loss term or gradient norm, or None."""
-  for step, m in zip(steps, history):
-    for key in _FINITE_KEYS:
-      if key in m and not np.isfinite(m[key]):
-        return step, key, m[key]
-  return None
 
 
 def _write_json(path: str, obj):
@@ -94,63 +79,52 @@ def _load_or_make_split(source, config, workdir: str, is_chief: bool):
   return split
 
 
-class Progress:
-  """A line every log step; a one-line bar between them on a terminal."""
-
-  def __init__(self, total: int, start: int, enabled: bool = True):
-    self.total, self.start = total, start
-    self.enabled = enabled
-    self.tty = enabled and sys.stdout.isatty()
-    self.t0 = None  # Set after the first (compiling) step.
-    self.t0_step = start
-    self._last_bar = 0.0
-
-  def started(self, step: int):
-    """Called once the first step has run: compilation is not throughput."""
-    self.t0, self.t0_step = time.time(), step
-
-  def timing(self, step: int):
-    now = time.time()
-    if self.t0 is None or step <= self.t0_step:
-      return float('nan'), float('nan')
-    steps_per_s = (step - self.t0_step) / max(now - self.t0, 1e-9)
-    eta = (self.total - step) / steps_per_s if steps_per_s > 0 else float('nan')
-    return steps_per_s, eta
-
-  def bar(self, step: int):
-    if not self.tty or time.time() - self._last_bar < 0.5:
-      return
-    self._last_bar = time.time()
-    done = int(30 * step / self.total)
-    sys.stdout.write(f'\r[{"#" * done}{"." * (30 - done)}] {step}/{self.total}')
-    sys.stdout.flush()
-
-  def line(self, text: str):
-    if self.enabled:
-      print(('\r' if self.tty else '') + text, flush=True)
+def _check_config(config):
+  config_lib.validate(config)
+  if config.probe_every_steps and jax.process_count() > 1:
+    # The probe embeds the train set on this process's devices only.
+    raise config_lib.ConfigError(
+        f'config.probe_every_steps={config.probe_every_steps} needs a single process '
+        f'(there are {jax.process_count()}): set it to 0 and run tools/probe.py on the '
+        'checkpoints instead')
 
 
-def _fmt_eta(seconds: float) -> str:
-  if not np.isfinite(seconds):
-    return '?'
-  seconds = int(seconds)
-  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+def _summarize_data(source, split, workdir: str, is_chief: bool) -> bool:
+  """Prints the data summary and keeps it in the workdir; whether there is a test set."""
+  summary = data.describe(source, split)
+  if is_chief:
+    _write_json(os.path.join(workdir, data.SUMMARY_FILE), summary)
+    print(data.format_summary(summary), flush=True)
+  return summary['evaluation']
 
 
-def _log_line(step, total, m, img_per_s, eta):
-  parts = [f'step {step}/{total}', f"loss {m.get('loss', float('nan')):.4f}",
-           f"sup {m.get('loss_sup', float('nan')):.4f}"]
-  for key, short in (('loss_unsup', 'unsup'), ('loss_cluster', 'cluster')):
-    if key in m:
-      parts.append(f'{short} {m[key]:.4f}')
-  if 'mask_ratio' in m:
-    parts.append(f"mask {m['mask_ratio']:.3f}")
-  if 'pseudo_label_acc' in m:
-    parts.append(f"pl_acc {m['pseudo_label_acc']:.3f}")
-  parts.append(f"lr {m.get('lr', float('nan')):.4g}")
-  parts.append(f'{img_per_s:.0f} img/s' if np.isfinite(img_per_s) else '? img/s')
-  parts.append(f'ETA {_fmt_eta(eta)}')
-  return ' | '.join(parts)
+def _init_or_resume(learner, ckpt, meta, train_iter, config, workdir: str, is_chief: bool):
+  """(replicated state, first step to run, wall seconds of earlier attempts).
+
+  A resume restores the state and the input position from the latest checkpoint.
+  """
+  host_state = learner.init_host_state()
+  start_step, wall_before = 0, 0.0
+  if ckpt.latest_step() is not None:
+    host_state, data_state, saved_step = ckpt.restore_latest(host_state, meta)
+    train_iter.set_state(data_state['iterator'])
+    start_step, wall_before = int(host_state.step), float(data_state.get('wall_s', 0.0))
+    if is_chief:
+      print(f'Resuming from {ckpt.directory}/{saved_step}', flush=True)
+  if is_chief:
+    # Lines a killed attempt logged after the step resumed from (or a line it
+    # left half-written) would be logged twice.
+    metrics_lib.truncate_after(workdir, start_step)
+    if start_step == 0 or not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+      _write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
+  return learner.replicate(host_state), start_step, wall_before
+
+
+def _eval_pass(learner, source, config):
+  """A function giving a fresh pass over the test set (one per evaluation)."""
+  return functools.partial(
+      data.make_eval_iterator, source, config, num_devices=learner.num_devices,
+      process_index=jax.process_index(), process_count=jax.process_count())
 
 
 def _compile_collectives(learner, config, state, batch, eval_batch):
@@ -170,172 +144,86 @@ def _compile_collectives(learner, config, state, batch, eval_batch):
     evaluation.eval_step_fn(learner).lower(state, evaluation.eval_inputs(eval_batch)).compile()
 
 
-def train_and_evaluate(config, workdir: str, max_steps: Optional[int] = None) -> dict:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint.
+def _compile_before_meeting(learner, config, state, train_iter, eval_pass):
+  """With several processes: the first batch, taken to compile the collectives with."""
+  if jax.process_count() == 1:
+    return []
+  batch = next(train_iter)
+  _compile_collectives(learner, config, state, batch,
+                       next(iter(eval_pass())) if eval_pass is not None else None)
+  return [batch]
 
-  `max_steps` stops early (after that global step) without finishing the run,
-  as a preemption would; the summary is written only when the run completes.
-  Returns the summary (or, when stopped early, the latest metrics).
-  """
-  config_lib.validate(config)
-  if config.probe_every_steps and jax.process_count() > 1:
-    # The probe embeds the train set on this process's devices only.
-    raise config_lib.ConfigError(
-        f'config.probe_every_steps={config.probe_every_steps} needs a single process '
-        f'(there are {jax.process_count()}): set it to 0 and run tools/probe.py on the '
-        'checkpoints instead')
-  _prepare_workdir(workdir, config.resume)
-  is_chief = jax.process_index() == 0
-  source = data.load_source(config.data)
-  split = _load_or_make_split(source, config, workdir, is_chief)
 
-  say = (lambda text: print(text, flush=True)) if is_chief else (lambda text: None)
-  data_summary = data.describe(source, split)
-  if is_chief:
-    _write_json(os.path.join(workdir, data.SUMMARY_FILE), data_summary)
-  say(data.format_summary(data_summary))
-  evaluates = data_summary['evaluation']
-  learner = Learner(config, source.num_classes, source.image_shape,
-                    unlabeled_pool_size=data.unlabeled_pool_size(source))
-  meta = checkpoint_lib.state_meta(config, source.num_classes, source.image_shape)
-  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
-                                     max_to_keep=config.keep_checkpoints,
-                                     primary=is_chief)
-  host_state = learner.init_host_state()
-  train_iter = data.make_train_iterator(
-      source, split, config, num_devices=learner.num_devices,
-      process_index=jax.process_index(), process_count=jax.process_count())
-  start_step, wall_before = 0, 0.0
-  if ckpt.latest_step() is not None:
-    host_state, data_state, saved_step = ckpt.restore_latest(host_state, meta)
-    train_iter.set_state(data_state['iterator'])
-    start_step, wall_before = int(host_state.step), float(data_state.get('wall_s', 0.0))
-    say(f'Resuming from {ckpt.directory}/{saved_step}')
-  if is_chief:
-    # Lines a killed attempt logged after the step resumed from (or a line it
-    # left half-written) would be logged twice.
-    metrics_lib.truncate_after(workdir, start_step)
-  if is_chief:
-    if start_step == 0 or not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
-      _write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
-  state = learner.replicate(host_state)
-  del host_state
+def _due(step: int, every: int, last: int) -> bool:
+  return step % every == 0 or step == last
 
-  writer = metrics_lib.MetricWriter(workdir, enabled=is_chief)
-  total = config.num_train_steps
-  stop = total if max_steps is None else min(total, max_steps)
-  images_per_step = config.batch_size * (1 + config.uratio)
-  progress = Progress(total, start_step, enabled=is_chief)
-  t_start = time.time()
-  window = []  # This logging window's per-step metrics, still on device.
 
-  def eval_batches():
-    return data.make_eval_iterator(
-        source, config, num_devices=learner.num_devices,
-        process_index=jax.process_index(), process_count=jax.process_count())
-
-  def evaluate(step):
-    result = evaluation.evaluate_dataset(learner, state, eval_batches())
-    writer.write(step, 'eval', dict(top1=result['top1'], loss=result['loss']))
-    progress.line(f"eval step {step}: top1 {result['top1']:.4f} loss {result['loss']:.4f} "
-                  f"({result['count']} images)")
-    return result
-
-  def probe(step):
-    result = probe_lib.probe_state(learner, state, source, split.labeled_indices,
-                                   max_train=config.probe_max_train)
-    writer.write(step, 'probe', {k: v for k, v in result.items()
-                                 if isinstance(v, (int, float))})  # Lists: tools/probe.py.
-    progress.line(f"probe step {step}: head {result['head_top1']:.4f} probe "
-                  f"{result['probe_top1']:.4f} (labeled only {result['probe_labeled_top1']:.4f}) "
-                  f"kNN {result['knn_top1']:.4f}")
-
-  def save(step):
-    data_state = dict(iterator=train_iter.get_state(),
-                      wall_s=wall_before + time.time() - t_start)
-    ckpt.save(step, learner.host(state), data_state, meta)
-
-  last_metrics = {}
-  window_start = start_step + 1  # The step of window[0].
-  fetched = []  # The window's metrics already on the host (checked).
-
-  def check_window():
-    """Fetches the window's metrics; stops the run at a non-finite one."""
-    nonlocal window, window_start
-    history = [{k: float(v) for k, v in learner.host(m).items()} for m in window]
-    steps = range(window_start, window_start + len(history))
-    window, window_start = [], window_start + len(history)
-    fetched.extend(history)
-    bad = first_non_finite(steps, history)
-    if bad is not None:
-      bad_step, key, value = bad
-      try:
-        ckpt.close()
-        also = ''
-      except checkpoint_lib.CheckpointError as e:  # Report it, but not instead of the NaN.
-        also = f'; also, {e}'
-      writer.close()
-      raise NonFiniteError(
-          f'{key} is {value} at step {bad_step}; stopped without writing a checkpoint after '
-          f'it (the latest, step {ckpt.latest_step()}, is from before): lower '
-          f'optim.learning_rate (now {config.optim.learning_rate}) or check the data{also}')
-
-  def take_window():
-    check_window()
-    history = list(fetched)
-    fetched.clear()
-    return history
-
-  early = []  # A batch taken before the loop (to compile with) is trained on first.
-  if jax.process_count() > 1 and start_step < stop:
-    early.append(next(train_iter))
-    _compile_collectives(learner, config, state, early[0],
-                         next(iter(eval_batches())) if evaluates else None)
-  distributed.barrier('layermatch_train_start')
-  stop_request = preemption.StopRequest()
-  with stop_request:
-    for step in range(start_step + 1, stop + 1):
-      batch = early.pop() if early else next(train_iter)
-      diagnostics = config.grad_norms_by_term and step % config.log_every_steps == 0
-      state, step_metrics = learner.step_fn(diagnostics)(state, batch)
-      window.append(step_metrics)
-      if step == start_step + 1:
-        jax.block_until_ready(step_metrics)
-        progress.started(step)
-      progress.bar(step)
-      if step % config.log_every_steps == 0 or step == stop:
-        history = take_window()
-        last_metrics = metrics_lib.mean_metrics(history)
-        steps_per_s, eta = progress.timing(step)
-        last_metrics['img_per_sec'] = steps_per_s * images_per_step
-        writer.write(step, 'train', last_metrics)
-        progress.line(_log_line(step, total, last_metrics, last_metrics['img_per_sec'], eta))
-      if evaluates and (step % config.eval_every_steps == 0 or step == total):
-        evaluate(step)
-      if (evaluates and config.probe_every_steps
-          and (step % config.probe_every_steps == 0 or step == total)):
-        probe(step)
-      preempted = stop_request.requested(step)
-      if step % config.checkpoint_every_steps == 0 or step == stop or preempted:
-        check_window()  # Never checkpoint a state after a non-finite step.
-        save(step)
-      if preempted:
-        ckpt.close()
-        writer.close()
-        say(f'Stopped by {stop_request.name} after step {step}: checkpoint '
-            f'{ckpt.directory}/{step} written. Run the same command again to resume.')
-        return dict(last_metrics, preempted=stop_request.name,
-                    exit_status=stop_request.exit_status, step=step)
-  writer.flush()
-
-  done = stop == total
-  ckpt.close()
-  if not done:
-    writer.close()
-    return last_metrics
-  wall_s = wall_before + time.time() - t_start
+def _fetch_checked(window, ckpt, writer, config):
+  """Fetches the window's metrics; a non-finite one ends the run with NonFiniteError."""
+  bad = window.fetch()
+  if bad is None:
+    return
+  bad_step, key, value = bad
+  try:
+    ckpt.close()
+    also = ''
+  except checkpoint_lib.CheckpointError as e:  # Report it, but not instead of the NaN.
+    also = f'; also, {e}'
   writer.close()
-  if not is_chief:
+  raise NonFiniteError(
+      f'{key} is {value} at step {bad_step}; stopped without writing a checkpoint after '
+      f'it (the latest, step {ckpt.latest_step()}, is from before): lower '
+      f'optim.learning_rate (now {config.optim.learning_rate}) or check the data{also}')
+
+
+def _log_train(step, window, writer, progress, config) -> dict:
+  """The window's mean metrics with the throughput, logged and printed."""
+  metrics = metrics_lib.mean_metrics(window.take())
+  steps_per_s, eta = progress.timing(step)
+  metrics['img_per_sec'] = steps_per_s * config.batch_size * (1 + config.uratio)
+  writer.write(step, 'train', metrics)
+  progress.line(metrics_lib.train_line(step, config.num_train_steps, metrics, eta))
+  return metrics
+
+
+def _evaluate(step, learner, state, eval_pass, writer, progress):
+  result = evaluation.evaluate_dataset(learner, state, eval_pass())
+  writer.write(step, 'eval', dict(top1=result['top1'], loss=result['loss']))
+  progress.line(f"eval step {step}: top1 {result['top1']:.4f} loss {result['loss']:.4f} "
+                f"({result['count']} images)")
+
+
+def _probe(step, learner, state, source, split, writer, progress, config):
+  result = probe_lib.probe_state(learner, state, source, split.labeled_indices,
+                                 max_train=config.probe_max_train)
+  writer.write(step, 'probe', {k: v for k, v in result.items()
+                               if isinstance(v, (int, float))})  # Lists: tools/probe.py.
+  progress.line(f"probe step {step}: head {result['head_top1']:.4f} probe "
+                f"{result['probe_top1']:.4f} (labeled only {result['probe_labeled_top1']:.4f}) "
+                f"kNN {result['knn_top1']:.4f}")
+
+
+def _save(step, learner, state, train_iter, ckpt, meta, wall_s: float):
+  data_state = dict(iterator=train_iter.get_state(), wall_s=wall_s)
+  ckpt.save(step, learner.host(state), data_state, meta)
+
+
+def _preempted(step, stop_request, ckpt, writer, last_metrics, is_chief: bool) -> dict:
+  ckpt.close()
+  writer.close()
+  if is_chief:
+    print(f'Stopped by {stop_request.name} after step {step}: checkpoint '
+          f'{ckpt.directory}/{step} written. Run the same command again to resume.', flush=True)
+  return dict(last_metrics, preempted=stop_request.name,
+              exit_status=stop_request.exit_status, step=step)
+
+
+def _finish(stop, ckpt, writer, last_metrics, workdir, total, wall_s, is_chief) -> dict:
+  """Closes the run; a completed run's summary.json is written and returned."""
+  writer.flush()
+  ckpt.close()
+  writer.close()
+  if stop != total or not is_chief:
     return last_metrics
   summary = metrics_lib.summarize(metrics_lib.read_metrics(workdir, 'eval'), total, wall_s)
   _write_json(os.path.join(workdir, SUMMARY_FILE), summary)
@@ -346,3 +234,66 @@ def train_and_evaluate(config, workdir: str, max_steps: Optional[int] = None) ->
   else:
     print(f'Done, without evaluation (no test images); {wall_s:.0f} s', flush=True)
   return summary
+
+
+def train_and_evaluate(config, workdir: str, max_steps: Optional[int] = None) -> dict:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint.
+
+  `max_steps` stops early (after that global step) without finishing the run,
+  as a preemption would; the summary is written only when the run completes.
+  Returns the summary (or, when stopped early, the latest metrics).
+  """
+  _check_config(config)  # Bad input fails before anything is written.
+  _prepare_workdir(workdir, config.resume)
+  is_chief = jax.process_index() == 0
+
+  # Data: the source, the labeled split (the workdir's own when resuming).
+  source = data.load_source(config.data)
+  split = _load_or_make_split(source, config, workdir, is_chief)
+  evaluates = _summarize_data(source, split, workdir, is_chief)
+  learner = Learner(config, source.num_classes, source.image_shape,
+                    unlabeled_pool_size=data.unlabeled_pool_size(source))
+  eval_pass = _eval_pass(learner, source, config) if evaluates else None
+
+  # State: a fresh init, or the latest checkpoint with its input position.
+  meta = checkpoint_lib.state_meta(config, source.num_classes, source.image_shape)
+  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                     max_to_keep=config.keep_checkpoints, primary=is_chief)
+  train_iter = data.make_train_iterator(
+      source, split, config, num_devices=learner.num_devices,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  state, start_step, wall_before = _init_or_resume(learner, ckpt, meta, train_iter, config,
+                                                   workdir, is_chief)
+
+  # The loop: a step, then whatever is due at that step.
+  total = config.num_train_steps
+  stop = total if max_steps is None else min(total, max_steps)
+  writer = metrics_lib.MetricWriter(workdir, enabled=is_chief)
+  progress = metrics_lib.Progress(total, start_step, enabled=is_chief)
+  window = metrics_lib.MetricWindow(start_step + 1, learner.host)
+  t_start, last_metrics = time.time(), {}
+  early = (_compile_before_meeting(learner, config, state, train_iter, eval_pass)
+           if start_step < stop else [])
+  distributed.barrier('layermatch_train_start')
+  with preemption.StopRequest() as stop_request:
+    for step in range(start_step + 1, stop + 1):
+      batch = early.pop() if early else next(train_iter)
+      diagnostics = config.grad_norms_by_term and step % config.log_every_steps == 0
+      state, step_metrics = learner.step_fn(diagnostics)(state, batch)
+      window.append(step_metrics)
+      progress.after_step(step, step_metrics)
+      if _due(step, config.log_every_steps, stop):
+        _fetch_checked(window, ckpt, writer, config)
+        last_metrics = _log_train(step, window, writer, progress, config)
+      if evaluates and _due(step, config.eval_every_steps, total):
+        _evaluate(step, learner, state, eval_pass, writer, progress)
+      if evaluates and config.probe_every_steps and _due(step, config.probe_every_steps, total):
+        _probe(step, learner, state, source, split, writer, progress, config)
+      preempted = stop_request.requested(step)
+      if _due(step, config.checkpoint_every_steps, stop) or preempted:
+        _fetch_checked(window, ckpt, writer, config)  # Never save after a non-finite step.
+        _save(step, learner, state, train_iter, ckpt, meta, wall_before + time.time() - t_start)
+      if preempted:
+        return _preempted(step, stop_request, ckpt, writer, last_metrics, is_chief)
+  return _finish(stop, ckpt, writer, last_metrics, workdir, total,
+                 wall_before + time.time() - t_start, is_chief)

@@ -33,36 +33,41 @@ import optax
 from layermatch_jax import optim, views as views_lib
 from layermatch_jax.algorithms import avg_clustering, grad_relu, policies, presets
 from layermatch_jax.models import Classifier
+from layermatch_jax.parallel import AXIS
 from layermatch_jax.state import TrainState
 
-AXIS = 'batch'
 TERMS = ('sup', 'unsup', 'cluster')  # Always present; see StepConfig.terms for the rest.
 
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
-  """The static hyper-parameters of a step (hashable, so jit can key on it)."""
+  """The static hyper-parameters of a step, read from a config by `from_config`.
+
+  No field has a default: every value comes from the config (configs/default.py
+  holds the defaults). The step closes over it (functools.partial), so a new
+  StepConfig means a new trace.
+  """
   num_classes: int
-  learning_rate: float = 0.03
-  total_steps: int = 2**20
-  pseudo_label: policies.PolicyConfig = policies.PolicyConfig()
-  unsup_weight: float = 1.0
-  head_grad_scale: float = 0.0
-  head_bias_grad_scale: float = 0.0
-  head_grad_rule: str = 'static'
-  head_grad_warmup_steps: int = 1  # Used by head_grad_rule='warmup'.
-  cluster_weight: float = 1.0
-  center_momentum: float = 0.999
-  temperature: float = 0.1
-  ema_decay: float = 0.999
-  ema_warmup: bool = True
-  mean: Tuple[float, ...] = (0.5, 0.5, 0.5)
-  std: Tuple[float, ...] = (0.25, 0.25, 0.25)
-  pad_fraction: float = 0.125
-  flip: bool = True
-  num_ops: int = 3
-  cutout_fraction: float = 0.5
-  axis_name: Optional[str] = AXIS
+  learning_rate: float
+  total_steps: int
+  pseudo_label: policies.PolicyConfig
+  unsup_weight: float
+  head_grad_scale: float
+  head_bias_grad_scale: float
+  head_grad_rule: str
+  head_grad_warmup_steps: int  # Used by head_grad_rule='warmup'.
+  cluster_weight: float
+  center_momentum: float
+  temperature: float
+  ema_decay: float
+  ema_warmup: bool
+  mean: Tuple[float, ...]
+  std: Tuple[float, ...]
+  pad_fraction: float
+  flip: bool
+  num_ops: int
+  cutout_fraction: float
+  axis_name: Optional[str] = AXIS  # None: no device axis bound (a plain jit or call).
 
   @classmethod
   def from_config(cls, config, num_classes: int) -> 'StepConfig':
@@ -109,7 +114,7 @@ class StepConfig:
     return {'kernel': self.head_grad_scale, 'bias': self.head_bias_grad_scale}
 
   def learning_rate_at(self, step):
-    # The same function the optimizer (optim.py) follows.
+    """The optimizer's learning rate at `step` (for the metrics)."""
     return optim.fixmatch_cosine_schedule(self.learning_rate, self.total_steps)(step)
 
 

@@ -204,6 +204,7 @@ def _small_file_limit():
 def test_bad_input(tmp_path, case):
   setup, message = CASES[case]
   workdir, args, kwargs = setup(tmp_path)
+  new_workdir = not os.path.exists(workdir)
   before = snapshot(tmp_path)
   proc = cli.run(workdir, *args, **kwargs)
   if message is None:
@@ -214,6 +215,11 @@ def test_bad_input(tmp_path, case):
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     assert line.startswith('error: ') and message in line, line
     assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    if new_workdir:  # A failed start leaves no empty workdir behind.
+      assert not os.path.isdir(workdir) or os.listdir(workdir), workdir
+  if case == 'tfds_dataset_not_prepared':
+    assert proc.stderr.strip() == line, proc.stderr  # TFDS's own warnings silenced.
+    assert not os.path.exists(workdir)
   assert_untouched(before)
   if case == 'disk_full_on_checkpoint_write':
     # The checkpoint written before is whole: a normal rerun resumes from it.

@@ -170,8 +170,20 @@ def test_bad_batch_sizes_name_the_numbers():
   with pytest.raises(data.DataError, match=r'batch_size=12 .*8 device\(s\) x 2 process\(es\) = 16'):
     data.make_train_iterator(source, split, make_config(batch_size=12), num_devices=8,
                              process_count=2)
-  with pytest.raises(data.DataError, match='eval_batch_size=10 .*4 devices'):
-    data.make_eval_iterator(source, make_config(eval_batch_size=10), num_devices=4)
+
+
+
+def test_eval_batch_size_not_a_device_multiple_is_padded():
+  """eval_batch_size=10 on 4 devices: batches of 10 test images, padded to 12."""
+  source = fake_source()
+  batches = list(data.make_eval_iterator(source, make_config(eval_batch_size=10), num_devices=4))
+  assert len(batches) == -(-NUM_TEST // 10)
+  for i, batch in enumerate(batches):
+    assert batch['image'].shape[:2] == (4, 3) and batch['mask'].shape == (4, 3)
+    real = min(10, NUM_TEST - 10 * i)
+    np.testing.assert_array_equal(batch['mask'].reshape(-1), np.arange(12) < real)
+  labels = np.concatenate([b['label'].reshape(-1)[b['mask'].reshape(-1)] for b in batches])
+  np.testing.assert_array_equal(labels, np.asarray(source.test.labels))
 
 
 def test_supervised_uratio_zero():

@@ -9,11 +9,22 @@ centres, so only the backbone receives its gradient.
 
 from typing import Optional
 
+import flax
 import jax
 import jax.numpy as jnp
 import optax
 
-from layermatch_jax.state import ClusterState
+
+@flax.struct.dataclass
+class ClusterState:
+  """Avg-Clustering class centres C (K x D, float32) and their update counts."""
+  centers: jax.Array
+  counts: jax.Array  # int32 [K]: EMA updates each centre has had (0 = never).
+
+  @classmethod
+  def create(cls, num_classes: int, feature_dim: int) -> 'ClusterState':
+    return cls(centers=jnp.zeros((num_classes, feature_dim), jnp.float32),
+               counts=jnp.zeros((num_classes,), jnp.int32))
 
 
 def l2_normalize(x, axis=-1, eps=1e-12):

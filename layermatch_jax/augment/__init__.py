@@ -23,13 +23,8 @@ from layermatch_jax.augment.weak import weak_augment
 __all__ = [
     'apply_op', 'augment_batch', 'OP_NAMES', 'ops',
     'rand_augment', 'random_cutout', 'random_flip', 'random_pad_crop',
-    'strong_augment', 'to_float', 'weak_augment',
+    'strong_augment', 'weak_augment',
 ]
-
-
-def to_float(images):
-  """uint8 images -> float32 in [0, 1]."""
-  return jnp.asarray(images).astype(jnp.float32) / 255.0
 
 
 def augment_batch(fn, key, images, **kwargs):

@@ -140,10 +140,6 @@ def solarize(image, threshold):
   return jnp.where(image > threshold, 1.0 - image, image)
 
 
-def invert(image):
-  return 1.0 - image
-
-
 # --- geometric ops ------------------------------------------------------------
 
 

@@ -132,7 +132,12 @@ class TrainBatchFn:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class EvalBatchFn:
-  """batch number -> one padded eval batch."""
+  """batch number -> one padded eval batch.
+
+  Batch j holds test images [j b, (j + 1) b); its arrays are padded with masked
+  rows to a multiple of the device count (and the last batch to full size), so
+  any eval_batch_size works on any number of devices.
+  """
   records: Records
   batch_size: int
   num_devices: int
@@ -144,12 +149,13 @@ class EvalBatchFn:
     j = i * self.stride + self.offset
     n, b = len(self.records), self.batch_size
     idx = np.arange(j * b, min((j + 1) * b, n))
-    images = np.zeros((b, *self.image_shape), np.uint8)
-    labels = np.zeros((b,), np.int32)
-    mask = np.zeros((b,), bool)
+    d = self.num_devices
+    size = -(-b // d) * d
+    images = np.zeros((size, *self.image_shape), np.uint8)
+    labels = np.zeros((size,), np.int32)
+    mask = np.zeros((size,), bool)
     images[:len(idx)], labels[:len(idx)] = gather(self.records, idx)
     mask[:len(idx)] = True
-    d = self.num_devices
     return {'image': _per_device(images, d), 'label': _per_device(labels, d),
             'mask': _per_device(mask, d)}
 
@@ -226,10 +232,6 @@ def make_eval_iterator(source: Source, config, *, num_devices: int, split: str =
   """
   _check_positive_int('eval_batch_size', config.eval_batch_size)
   _check_positive_int('num_devices', num_devices)
-  if config.eval_batch_size % num_devices:
-    raise DataError(
-        f'eval_batch_size={config.eval_batch_size} does not split over {num_devices} '
-        f'devices: use a multiple of {num_devices}')
   if split not in ('test', 'train'):
     raise DataError(f'eval split {split!r} is not valid: use test or train')
   records = getattr(source, split)

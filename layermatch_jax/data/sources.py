@@ -1,4 +1,7 @@
-"""Image sources behind one interface: `load_source(data_config) -> Source`.
+"""What every image source is: `Source`, its record collections, image decoding.
+
+The loaders (digits.py, folder.py, tfds_sources.py) build a `Source` from these
+parts; `data.load_source` (data/__init__.py) picks the loader by data.name.
 
 A `Source` holds three random-access record collections (`train`, the labeled
 pool; `test`; `extra_unlabeled`, images that never had labels). Every
@@ -27,11 +30,6 @@ from PIL import ImageOps
 
 class DataError(ValueError):
   """Bad or missing data; the message is one line that says how to fix it."""
-
-
-# Valid data.name values. Their modules are imported on use, so that the
-# digits demo never imports tensorflow_datasets.
-SOURCE_NAMES = ('cifar10', 'cifar100', 'stl10', 'imagenet100', 'folder', 'digits')
 
 
 class Records(Protocol):
@@ -182,21 +180,3 @@ def resize_array(image: np.ndarray, size: int) -> np.ndarray:
   if image.shape[:2] == (size, size) and image.ndim == 3 and image.shape[-1] == 3:
     return image
   return to_rgb_array(Image.fromarray(image), size)
-
-
-def load_source(data_config) -> Source:
-  """Builds the source named by `data_config.name` (see SOURCE_NAMES)."""
-  name = data_config.name
-  size = data_config.get('image_size', None)
-  if not isinstance(size, int) or size <= 0:
-    raise DataError(f'data.image_size={size!r} is not valid: use a positive int, e.g. 32')
-  if name == 'digits':
-    from layermatch_jax.data import digits
-    return digits.load_digits_source(data_config)
-  if name == 'folder':
-    from layermatch_jax.data import folder
-    return folder.load_folder_source(data_config)
-  if name in ('cifar10', 'cifar100', 'stl10', 'imagenet100'):
-    from layermatch_jax.data import tfds_sources
-    return tfds_sources.load_tfds_source(data_config)
-  raise DataError(f'data.name={name!r} is not a known dataset: use one of {", ".join(SOURCE_NAMES)}')

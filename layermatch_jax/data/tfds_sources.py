@@ -14,6 +14,7 @@ minutes. Preparing data (tools/prepare_data.py, or data.download=True) needs
 TensorFlow: `pip install tensorflow-cpu`.
 """
 
+import contextlib
 import os
 import time
 
@@ -80,18 +81,32 @@ def _no_index(data_dir: str, why: str) -> sources.DataError:
       f'build it with: {prepare_command("imagenet100", data_dir, manual_dir=False)}')
 
 
+@contextlib.contextmanager
+def _tfds_warnings_off():
+  """TFDS logs a warning for each unprepared version folder it looks into; the
+  DataError raised after it says the same and how to fix it, in one line."""
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(verbosity)
+
+
 def open_split(name: str, split: str, data_dir: str, decoders=None):
   """`tfds.data_source` for one split, without any download; DataError if absent."""
   import tensorflow_datasets as tfds  # Heavy import, only for TFDS datasets.
   tfds_name = TFDS_SPLITS[name][0] if name in TFDS_SPLITS else name
   try:
-    return tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False,
-                            decoders=decoders)
+    with _tfds_warnings_off():
+      return tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False,
+                              decoders=decoders)
   except Exception as e:  # pylint: disable=broad-except
     # TFDS raises NotImplementedError, AssertionError, FileNotFoundError, ...
     why = f'no prepared {tfds_name} data (split {split}, array_record format)'
     try:
-      builder_dir = tfds.builder(tfds_name, data_dir=data_dir).data_dir
+      with _tfds_warnings_off():
+        builder_dir = tfds.builder(tfds_name, data_dir=data_dir).data_dir
       if os.path.exists(os.path.join(builder_dir, 'dataset_info.json')):
         why = (f'{tfds_name} at {builder_dir} cannot be read as array_record '
                f'({type(e).__name__}; maybe prepared as TFRecord: delete it first)')

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from layermatch_jax.models.resnet import ResNet
+from layermatch_jax.parallel import AXIS
 from layermatch_jax.models.wrn import WideResNet
 
 
@@ -52,7 +53,7 @@ BACKBONES = {
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
-def create_model(model_config, num_classes: int, axis_name: Optional[str] = 'batch') -> Classifier:
+def create_model(model_config, num_classes: int, axis_name: Optional[str] = AXIS) -> Classifier:
   """Builds the classifier named by `model_config.name`.
 
   Raises ValueError naming the valid choices for an unknown name or dtype.
