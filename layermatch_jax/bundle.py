@@ -37,6 +37,7 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
+from layermatch_jax import cli_util
 from layermatch_jax import predict
 
 FORMAT = 'layermatch_jax.bundle'
@@ -101,12 +102,12 @@ def export_bundle(predictor_or_workdir, out_dir: str, step: Optional[int] = None
   except Exception as e:  # pylint: disable=broad-except
     # Lowering for a platform this jaxlib cannot target: export for this one.
     fallback = (f'exported for {here} only: lowering for {", ".join(platforms)} failed '
-                f'({type(e).__name__}: {predict.one_line(e)[:300]})')
+                f'({type(e).__name__}: {cli_util.one_line(e)[:300]})')
     try:
       exported = _export(fn, weights, predictor.image_size, [here])
     except Exception as e2:  # pylint: disable=broad-except
       raise BundleError(f'could not export the model for {here}: {type(e2).__name__}: '
-                        f'{predict.one_line(e2)[:300]}') from e2
+                        f'{cli_util.one_line(e2)[:300]}') from e2
   meta = dict(
       format=FORMAT, format_version=FORMAT_VERSION,
       class_names=list(predictor.class_names), num_classes=predictor.num_classes,
@@ -139,7 +140,7 @@ def export_bundle(predictor_or_workdir, out_dir: str, step: Optional[int] = None
   except BaseException as e:
     shutil.rmtree(tmp, ignore_errors=True)
     if isinstance(e, OSError):
-      raise BundleError(f'could not write {out_dir}: {predict.one_line(e)}') from e
+      raise BundleError(f'could not write {out_dir}: {cli_util.one_line(e)}') from e
     raise
   return meta
 
@@ -179,14 +180,8 @@ class Bundle(predict.ImageClassifier):
 
 def _read_meta(model_dir: str) -> dict:
   path = os.path.join(model_dir, MODEL_FILE)
-  if not os.path.isfile(path):
-    raise BundleError(f'{path} does not exist: --model must be a directory written by '
-                      'tools/export.py')
-  try:
-    with open(path) as f:
-      meta = json.load(f)
-  except (OSError, ValueError) as e:
-    raise BundleError(f'{path} is not readable: {predict.one_line(e)}') from e
+  meta = cli_util.read_json(path, BundleError, missing='--model must be a directory written '
+                            'by tools/export.py')
   if not isinstance(meta, dict) or meta.get('format') != FORMAT:
     raise BundleError(f'{path} is not a layermatch_jax bundle (format {FORMAT!r} expected)')
   version = meta.get('format_version')
@@ -212,7 +207,7 @@ def _read_weights(model_dir: str) -> list:
       return [npz[_weight_key(i)] for i in range(count)]
   except Exception as e:  # pylint: disable=broad-except
     # zipfile, numpy and OS errors alike: a damaged file.
-    raise BundleError(f'{path} is damaged: {predict.one_line(e)}') from e
+    raise BundleError(f'{path} is damaged: {cli_util.one_line(e)}') from e
 
 
 def _read_function(model_dir: str):
@@ -224,7 +219,7 @@ def _read_function(model_dir: str):
       return jax.export.deserialize(bytearray(f.read()))
   except Exception as e:  # pylint: disable=broad-except
     raise BundleError(f'{path} is damaged: {type(e).__name__}: '
-                      f'{predict.one_line(e)[:200]}') from e
+                      f'{cli_util.one_line(e)[:200]}') from e
 
 
 def load_bundle(model_dir: str) -> Bundle:

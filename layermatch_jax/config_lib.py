@@ -1,13 +1,37 @@
-"""Config checks: a bad value fails early with one line naming it and what is valid."""
+"""Configs: loading one by name, and checks that fail early with one line naming
+the bad value and what is valid."""
 
 import numbers
+import os
 
+from layermatch_jax import cli_util
 from layermatch_jax import models
 from layermatch_jax.algorithms import grad_relu, policies, presets
+from layermatch_jax.data import pipeline
 
 
 class ConfigError(ValueError):
   """A config value that cannot work."""
+
+
+def load_config(name: str):
+  """The config of configs/NAME.py ('demo', 'cifar100', ...) or of a file path,
+  from any working directory (a notebook's too).
+
+  A name may carry the config's argument as main's --config does:
+  'cifar100:wrn28_8'.
+  """
+  name, _, arg = name.partition(':')
+  folder = os.path.join(cli_util.CHECKOUT, 'configs')
+  path = name if name.endswith('.py') else os.path.join(folder, f'{name}.py')
+  if not os.path.isfile(path):
+    known = sorted(f[:-3] for f in os.listdir(folder) if f.endswith('.py') and f[0] != '_')
+    raise ConfigError(f'config {name!r} not found ({path}): give a path to a config file or '
+                      f'one of {", ".join(known)}')
+  try:
+    return cli_util.load_config_file(path, *([arg] if arg else []))
+  except cli_util.ToolError as e:
+    raise ConfigError(str(e)) from None
 
 
 def _get(config, key):
@@ -40,8 +64,8 @@ def validate(config):
   _check(config, 'data.num_labels', lambda v: v == 'all' or (_is_int(v) and v > 0),
          "a positive integer (labeled images, a multiple of the class count) or 'all' "
          '(every train image)')
-  _check(config, 'data.labeled_sampling', lambda v: v in ('uniform', 'balanced'),
-         "'uniform' (over labeled images) or 'balanced' (over classes)")
+  _check(config, 'data.labeled_sampling', lambda v: v in pipeline.LABELED_SAMPLINGS,
+         f'one of {list(pipeline.LABELED_SAMPLINGS)} (over labeled images, over classes)')
   _check(config, 'data.val_per_class',
          lambda v: _is_num(v) and (0 <= v < 1 or (v >= 1 and float(v).is_integer())),
          'a fraction in (0, 1) of each class, a whole count >= 1, or 0 (no evaluation); '
@@ -68,10 +92,11 @@ def validate(config):
          'a number in [0, 1]')
   _check(config, 'pseudo_label.policy', lambda v: v is None or v in policies.POLICIES,
          f'one of {sorted(policies.POLICIES)} (or unset: the algorithm preset\'s)')
-  _check(config, 'pseudo_label.flexmatch.mapping', lambda v: v in ('convex', 'linear'),
-         "'convex' or 'linear'")
+  _check(config, 'pseudo_label.flexmatch.mapping', lambda v: v in policies.FLEXMATCH_MAPPINGS,
+         f'one of {list(policies.FLEXMATCH_MAPPINGS)}')
   _check(config, 'pseudo_label.softmatch.alignment',
-         lambda v: v in ('uniform', 'labeled', 'none'), "'uniform', 'labeled' or 'none'")
+         lambda v: v in policies.SOFTMATCH_ALIGNMENTS,
+         f'one of {list(policies.SOFTMATCH_ALIGNMENTS)}')
   for key in ('pseudo_label.freematch.ema_momentum', 'pseudo_label.softmatch.ema_momentum'):
     _check(config, key, unit, 'a number in [0, 1)')
   for key in ('pseudo_label.freematch.fairness_weight',):

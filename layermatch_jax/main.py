@@ -15,6 +15,8 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
+from layermatch_jax import cli_util
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file (configs/NAME.py), optionally :ARG.',
@@ -29,10 +31,7 @@ flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() witho
                   'it finds its peers itself on Cloud TPU pods and under SLURM.')
 
 
-def fail(message: str):
-  """The one-line error contract: `error: ...` on stderr, exit status 2."""
-  print(f'error: {" ".join(str(message).split())}', file=sys.stderr, flush=True)
-  sys.exit(2)
+fail = cli_util.fail  # The one-line error contract: `error: ...` on stderr, exit status 2.
 
 
 def _ignore_callbacks_into_closed_loops():

@@ -16,6 +16,8 @@ from typing import Callable, Dict, List, Optional
 import jax
 import numpy as np
 
+from layermatch_jax import cli_util
+
 METRICS_FILE = 'metrics.jsonl'
 
 
@@ -90,10 +92,7 @@ def truncate_after(workdir: str, step: int):
           if _parse(line) is not None and _parse(line)['step'] <= step]
   if len(keep) == len(lines):
     return
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.writelines(keep)
-  os.replace(tmp, path)
+  cli_util.write_text(path, ''.join(keep))
 
 
 def mean_metrics(history: List[Dict[str, float]]) -> Dict[str, float]:

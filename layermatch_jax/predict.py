@@ -30,6 +30,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from layermatch_jax import cli_util
 from layermatch_jax.data import sources
 
 DEFAULT_BATCH_SIZE = 64
@@ -38,11 +39,6 @@ DEFAULT_TOP_K = 3  # Capped at the number of classes.
 
 class PredictError(ValueError):
   """A bad input path, image, value or model; the message is one line."""
-
-
-def one_line(text) -> str:
-  """`text` (an error's message) on one line."""
-  return ' '.join(str(text).split())
 
 
 # --------------------------------------------------------------------------
@@ -145,7 +141,7 @@ def _decode(path: str, size: int):
     return sources.decode_file(path, size), None
   except Exception as e:  # pylint: disable=broad-except
     # PIL raises many kinds: OSError, SyntaxError, ValueError, DecompressionBombError.
-    return None, one_line(f'{type(e).__name__}: {e}')
+    return None, cli_util.one_line(f'{type(e).__name__}: {e}')
 
 
 class ImageClassifier:
@@ -303,7 +299,7 @@ class Predictor(ImageClassifier):
       run = saved_run.SavedRun(workdir, config=config, load_data=False)
       state, step = run.restore(step, replicate=False)
     except saved_run.RunError as e:
-      raise PredictError(one_line(e)) from e
+      raise PredictError(cli_util.one_line(e)) from e
     sc = run.learner.step_config
     return cls(state, run.config, run.class_names, sc.mean, sc.std, workdir=workdir, step=step)
 

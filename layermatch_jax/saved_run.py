@@ -14,9 +14,10 @@ Bad input raises `RunError` with a one-line message that says what to do;
 nothing in the workdir is written.
 """
 
-import json
 import os
 from typing import Any, List, Optional, Tuple
+
+from layermatch_jax import cli_util
 
 CONFIG_FILE = 'config.json'  # The trainer's name for it (train.CONFIG_FILE).
 # What the run's data turned out to be, written by the trainer (data.SUMMARY_FILE);
@@ -36,18 +37,13 @@ def load_config(workdir: str, notes: Optional[list] = None):
   if not os.path.isdir(workdir):
     raise RunError(f'--workdir={workdir} is not a directory: give a training workdir')
   path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.isfile(path):
-    raise RunError(f'{path} does not exist: --workdir must be a workdir written by '
-                   'layermatch_jax.main')
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  try:
-    with open(path) as f:
-      raw = json.load(f)
-  except (OSError, ValueError) as e:
-    raise RunError(f'{path} is not a readable config: {e}') from e
+  raw = cli_util.read_json(path, RunError, missing='--workdir must be a workdir written by '
+                           'layermatch_jax.main')
   if not isinstance(raw, dict):
     raise RunError(f'{path} is not a config: a JSON object is expected, got {type(raw).__name__}')
+  import ml_collections  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(raw)
+  cli_util.import_configs()  # An installed command runs outside the checkout.
   from configs import default  # pylint: disable=g-import-not-at-top
   added = fill_missing(config, default.get_config())
   if added and notes is not None:
@@ -65,11 +61,7 @@ def load_data_summary(workdir: str) -> Optional[dict]:
   path = os.path.join(workdir, DATA_SUMMARY_FILE)
   if not os.path.exists(path):
     return None
-  try:
-    with open(path) as f:
-      summary = json.load(f)
-  except (OSError, ValueError) as e:
-    raise RunError(f'{path} is not readable: {e}') from e
+  summary = cli_util.read_json(path, RunError)
   is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
   names = summary.get('class_names') if isinstance(summary, dict) else None
   if (not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names)
@@ -181,9 +173,6 @@ class SavedRun:
                              unlabeled_pool_size=pool_size)
     except self._expected as e:
       raise RunError(str(e)) from e
-    d = self.learner.num_devices
-    if config.eval_batch_size % d:
-      config.eval_batch_size = -(-config.eval_batch_size // d) * d
     self._meta = checkpoint_lib.state_meta(config, len(self.class_names), self.image_shape)
     # The structure restores fill: shapes and dtypes only (jax.eval_shape), since
     # compiling the initialisers costs seconds to minutes on a CPU.

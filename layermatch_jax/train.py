@@ -7,7 +7,6 @@ metrics.jsonl, TensorBoard events, checkpoints/, summary.json.
 """
 
 import functools
-import json
 import os
 import time
 from typing import Optional
@@ -15,6 +14,7 @@ from typing import Optional
 import jax
 
 from layermatch_jax import checkpoint as checkpoint_lib
+from layermatch_jax import cli_util
 from layermatch_jax import config_lib, data, distributed, evaluation
 from layermatch_jax import metrics as metrics_lib
 from layermatch_jax import preemption
@@ -31,15 +31,6 @@ class WorkdirError(ValueError):
 
 class NonFiniteError(ValueError):
   """A loss or gradient became NaN or infinite; no checkpoint was written after it."""
-
-
-def _write_json(path: str, obj):
-  """Atomic: a temporary file renamed into place."""
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write('\n')
-  os.replace(tmp, path)
 
 
 def _prepare_workdir(workdir: str, resume: bool):
@@ -93,7 +84,8 @@ def _summarize_data(source, split, workdir: str, is_chief: bool) -> bool:
   """Prints the data summary and keeps it in the workdir; whether there is a test set."""
   summary = data.describe(source, split)
   if is_chief:
-    _write_json(os.path.join(workdir, data.SUMMARY_FILE), summary)
+    cli_util.write_json(os.path.join(workdir, data.SUMMARY_FILE), summary, indent=2,
+                        sort_keys=True)
     print(data.format_summary(summary), flush=True)
   return summary['evaluation']
 
@@ -116,7 +108,7 @@ def _init_or_resume(learner, ckpt, meta, train_iter, config, workdir: str, is_ch
     # left half-written) would be logged twice.
     metrics_lib.truncate_after(workdir, start_step)
     if start_step == 0 or not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
-      _write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
+      cli_util.write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict(), indent=2, sort_keys=True)
   return learner.replicate(host_state), start_step, wall_before
 
 
@@ -226,7 +218,7 @@ def _finish(stop, ckpt, writer, last_metrics, workdir, total, wall_s, is_chief) 
   if stop != total or not is_chief:
     return last_metrics
   summary = metrics_lib.summarize(metrics_lib.read_metrics(workdir, 'eval'), total, wall_s)
-  _write_json(os.path.join(workdir, SUMMARY_FILE), summary)
+  cli_util.write_json(os.path.join(workdir, SUMMARY_FILE), summary, indent=2, sort_keys=True)
   if summary['num_evals']:
     print(f"Done: final top1 {summary['final_top1']:.4f}, best {summary['best_top1']:.4f}, "
           f"median of last {min(20, summary['num_evals'])} evals "

@@ -1,6 +1,6 @@
 """Prediction on new images (layermatch_jax/predict.py, tools/predict.py) and the
 exported bundle (layermatch_jax/bundle.py, tools/export.py), on one tiny run
-trained on an image folder made here."""
+trained on an image folder made here. The tools' code is in layermatch_jax/commands/."""
 
 import csv
 import io
@@ -307,10 +307,10 @@ def test_cli_with_bundle_skips_bad_files(exported, predictor, images):
 
 
 def _main_error(capsys, argv):
-  """tools/predict.py's main in this process: the one error line."""
-  from tools import predict as predict_tool  # pylint: disable=g-import-not-at-top
+  """The predict command in this process: the one error line."""
+  from layermatch_jax.commands import predict as predict_tool  # pylint: disable=g-import-not-at-top
   with pytest.raises(SystemExit) as e:
-    predict_tool.main(argv)
+    predict_tool.run(argv)
   assert e.value.code == 2
   captured = capsys.readouterr()
   lines = captured.err.strip().splitlines()
@@ -356,7 +356,7 @@ def test_cli_bad_input(workdir, exported, images, tmp_path, capsys):
     f.write('keep')
   assert '--overwrite' in _main_error(capsys, [m, img, f'--csv={out}'])
   assert open(out).read() == 'keep'
-  from tools import predict as predict_tool  # pylint: disable=g-import-not-at-top
+  from layermatch_jax.commands import predict as predict_tool  # pylint: disable=g-import-not-at-top
   predict_tool.main([m, img, f'--csv={out}', '--overwrite'])
   assert _read_csv(open(out).read())[0]['path'] == img
   # The real process: one line too, whatever JAX and orbax print on the way.

@@ -111,7 +111,7 @@ def test_kill_9_at_random_points_then_resume_is_bit_exact(tmp_path):
   workdir = tmp_path / 'killed'
   rng = random.Random(20261129)
   kills = []
-  for _ in range(5):
+  for _ in range(3):  # Three kills: each start costs a process and a compile.
     proc = cli.start(workdir, *args)
     target = rng.randint(1, total - 2)
     seen, lines = _wait_for_step(proc, target, total)
@@ -134,7 +134,7 @@ def test_kill_9_at_random_points_then_resume_is_bit_exact(tmp_path):
       killed_data['iterator'] == reference_data['iterator'])
   # The log reads as one run: every step once, in order.
   assert _train_steps(workdir) == list(range(1, total + 1)), kills
-  assert len([k for k in kills if k[1] is not None]) >= 4, kills
+  assert len([k for k in kills if k[1] is not None]) >= 2, kills
 
 
 def _damage(path, how):

@@ -1,14 +1,20 @@
-"""tools/evaluate.py and tools/plot.py on one tiny real workdir."""
+"""The tools (layermatch_jax/commands/, run as tools/NAME.py) on one tiny real
+workdir, and what they share (layermatch_jax/cli_util.py)."""
 
+import configparser
+import importlib
 import json
 import os
 import subprocess
 import sys
+import tarfile
 
 import numpy as np
 import pytest
 
 from configs import default
+from configs import demo
+from layermatch_jax import cli_util
 from layermatch_jax import metrics as metrics_lib
 from layermatch_jax import saved_run
 from layermatch_jax import train
@@ -18,10 +24,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
 
-def _tool(name, *args):
-  """Runs tools/<name>.py from the repo root with this process's env (XLA_FLAGS)."""
-  return subprocess.run([sys.executable, os.path.join('tools', f'{name}.py'), *args],
-                        cwd=REPO, env=dict(os.environ), capture_output=True, text=True,
+def _tool(name, *args, cwd=REPO):
+  """Runs tools/<name>.py (from the repo root) with this process's env (XLA_FLAGS)."""
+  return subprocess.run([sys.executable, os.path.join(REPO, 'tools', f'{name}.py'), *args],
+                        cwd=cwd, env=dict(os.environ), capture_output=True, text=True,
                         timeout=300)
 
 
@@ -75,7 +81,7 @@ def test_evaluate_latest_matches_loop(workdir):
 
 
 def test_evaluate_earlier_step_in_process(workdir, tmp_path):
-  from tools import evaluate  # pylint: disable=g-import-not-at-top
+  from layermatch_jax.commands import evaluate  # pylint: disable=g-import-not-at-top
   out = str(tmp_path / 'cm20.png')
   result = evaluate.evaluate(workdir, step=20, out=out)
   first_eval = metrics_lib.read_metrics(workdir, 'eval')[0]
@@ -119,10 +125,21 @@ def test_plot(workdir, tmp_path):
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.strip() == os.path.join(workdir, 'curves.png')
   assert _is_png(proc.stdout.strip())
+  assert f'no --out given: wrote {workdir}/curves.png' in proc.stderr
   out = str(tmp_path / 'two.png')
   proc = _tool('plot', workdir, workdir, '--labels=a,b', f'--out={out}')
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.strip() == out and _is_png(out)
+  assert 'no --out' not in proc.stderr
+  # Several runs without --out: curves.png in the current directory, and said so.
+  here = tmp_path / 'here'
+  here.mkdir()
+  proc = _tool('plot', workdir, workdir, '--labels=a,b', cwd=here)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.strip() == str(here / 'curves.png') and _is_png(here / 'curves.png')
+  assert (f'no --out given: wrote {here}/curves.png (default ./curves.png in the current '
+          'directory' in proc.stderr), proc.stderr
+  assert sorted(os.listdir(here)) == ['curves.png']  # No temporary file left.
 
 
 def test_plot_bad_input(workdir, tmp_path):
@@ -182,6 +199,51 @@ def test_learning_benchmark_bad_input(tmp_path):
   assert 'is neither a folder nor a .tar.gz archive' in line
   line = _assert_error(_tool('learning_benchmark', f'--data={tmp_path}', '--out=x'))
   assert 'has no train/ folder' in line
+
+
+def _archive(root):
+  """ROOT/cifar.tar.gz holding train/<class>/ and test/<class>/ (one image each)."""
+  for sub in ('train/cat', 'test/cat'):
+    os.makedirs(root / 'src' / sub)
+    (root / 'src' / sub / '0.png').write_bytes(PNG_MAGIC)
+  path = root / 'cifar.tar.gz'
+  with tarfile.open(path, 'w:gz') as tar:
+    for sub in ('train', 'test'):
+      tar.add(root / 'src' / sub, sub)
+  return path
+
+
+def test_learning_benchmark_dry_run_unpacks_and_creates_nothing(tmp_path):
+  archive = _archive(tmp_path)
+  unpacked, out = tmp_path / 'unpacked', tmp_path / 'out'
+  before = sorted(os.listdir(tmp_path))
+  args = (f'--data={archive}', f'--unpack_dir={unpacked}', f'--out={out}', '--seeds=0',
+          '--algorithms=supervised,fixmatch', '--num_labels=40', '--steps=5', '--dry_run')
+  proc = _tool('learning_benchmark', *args)
+  assert proc.returncode == 0, proc.stderr
+  lines = proc.stdout.strip().splitlines()
+  assert sorted(os.listdir(tmp_path)) == before  # Neither unpacked nor OUT created.
+  # The commands only: unpacking first, as the tool would, then one per run.
+  assert lines[0] == f'mkdir -p {unpacked} && tar xf {archive} -C {unpacked}'
+  assert len(lines) == 3, lines
+  for line, name in zip(lines[1:], ('supervised-40-s0', 'fixmatch-40-s0')):
+    assert ' -m layermatch_jax.main --config=configs/cifar10_cpu.py ' in line
+    assert f'--workdir={out}/runs/{name}' in line and f'--config.data.dir={unpacked}' in line
+  subprocess.run(lines[0], shell=True, check=True)
+  assert sorted(os.listdir(unpacked)) == ['test', 'train']
+  # Unpacked already: nothing more to unpack.
+  proc = _tool('learning_benchmark', *args)
+  assert proc.returncode == 0, proc.stderr
+  assert [line for line in proc.stdout.splitlines() if 'tar' in line] == []
+  assert not out.exists()
+
+
+def test_learning_benchmark_report_only_on_a_fresh_clone(tmp_path):
+  out = tmp_path / 'benchmarks' / 'cifar10_cpu'
+  line = _assert_error(_tool('learning_benchmark', f'--data={tmp_path / "cifar.tar.gz"}',
+                             f'--out={out}', '--report_only'))
+  assert f'no finished runs under {out}/runs' in line
+  assert os.listdir(tmp_path) == []  # Nothing created.
 
 
 def test_learning_benchmark_refuses_to_mix_step_budgets(tmp_path):
@@ -248,7 +310,7 @@ def test_probe_latest_is_deterministic_and_bounds_the_head(workdir, tmp_path):
 
 
 def test_probe_every_step_in_process(workdir):
-  from tools import probe as probe_tool  # pylint: disable=g-import-not-at-top
+  from layermatch_jax.commands import probe as probe_tool  # pylint: disable=g-import-not-at-top
   results = probe_tool.probe_workdir(workdir, 'all')
   assert [r['step'] for r in results] == [20, 40]
   evals = {r['step']: r['top1'] for r in metrics_lib.read_metrics(workdir, 'eval')}
@@ -290,3 +352,152 @@ def test_probe_bad_input_and_a_write_in_progress(workdir, tmp_path):
     assert _listing(workdir) == before and os.path.isdir(pending)
   finally:
     os.rmdir(pending)
+
+
+# --- tools/show_augment.py
+
+
+def test_show_augment_shows_what_the_demo_trains_on(tmp_path):
+  from layermatch_jax.commands import show_augment  # pylint: disable=g-import-not-at-top
+  out = f'--out={tmp_path / "a.png"}'
+  # The digits are shown with the demo's settings: no flip (a mirrored digit is another).
+  shown = show_augment.settings(show_augment.parse_args([out]))
+  config = demo.get_config()
+  assert shown == dict(flip=False, pad_fraction=config.augment.pad_fraction,
+                       num_ops=config.augment.num_ops,
+                       cutout_fraction=config.augment.cutout_fraction,
+                       size=config.data.image_size, config='configs/demo.py')
+  assert show_augment.settings(show_augment.parse_args([out, '--flip']))['flip'] is True
+  folder = show_augment.settings(show_augment.parse_args([out, '--image_dir=x', '--num_ops=1']))
+  assert folder['flip'] is True and folder['num_ops'] == 1  # configs/default.py, and the flag.
+  assert folder['config'] == 'configs/default.py'
+  # The setting reaches the views: without padding a weak view is the image or,
+  # with flip, its mirror (these digits are not symmetric).
+  images = show_augment.digits_images(4, 8)
+  for flip in (False, True):
+    grid = show_augment.make_views(images, 6, 0, flip=flip, pad_fraction=0.0, num_ops=0,
+                                   cutout_fraction=0.0, strong=False)
+    assert grid.shape == (4, 7, 8, 8, 3)
+    same = (grid[:, 1:] == grid[:, :1]).all(axis=(2, 3, 4))
+    mirrored = (grid[:, 1:] == grid[:, :1, :, ::-1]).all(axis=(2, 3, 4)) & ~same
+    assert (same | mirrored).all()
+    assert mirrored.any() == flip
+
+
+def test_show_augment_command(tmp_path):
+  out = tmp_path / 'views.png'
+  proc = _tool('show_augment', f'--out={out}', '--num=2', '--views=1', '--size=8', '--scale=1')
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.startswith(f'wrote {out} (2 images x 3 columns; flip=False, ')
+  assert '(configs/demo.py and flags)' in proc.stdout
+  assert _is_png(out)
+  line = _assert_error(_tool('show_augment', f'--out={tmp_path / "no" / "v.png"}'))
+  assert 'does not exist' in line
+  line = _assert_error(_tool('show_augment', f'--out={out}', f'--image_dir={tmp_path / "no"}'))
+  assert 'no images' in line
+
+
+# --- What the tools share: layermatch_jax/cli_util.py, the commands, the shims
+
+
+def test_atomic_write(tmp_path):
+  path = tmp_path / 'a.json'
+  cli_util.write_json(str(path), {'b': 1, 'a': [2]}, indent=1, sort_keys=True)
+  assert path.read_text() == '{\n "a": [\n  2\n ],\n "b": 1\n}\n'
+  cli_util.write_text(str(path), 'one\r\ntwo\n')  # Exactly as given.
+  assert path.read_bytes() == b'one\r\ntwo\n'
+  # A failure inside the block leaves the old file, and no temporary one.
+  with pytest.raises(RuntimeError):
+    with cli_util.atomic_write(str(path), 'wb') as f:
+      f.write(b'half')
+      raise RuntimeError('interrupted')
+  assert path.read_bytes() == b'one\r\ntwo\n' and os.listdir(tmp_path) == ['a.json']
+  with pytest.raises(OSError):
+    cli_util.write_text(str(tmp_path / 'missing' / 'x'), 'x')
+  # A new file has the usual permissions (the umask's), not a private temporary's.
+  cli_util.write_text(str(tmp_path / 'b.txt'), 'b')
+  umask = os.umask(0)
+  os.umask(umask)
+  assert os.stat(tmp_path / 'b.txt').st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_one_line_errors(tmp_path, capsys):
+  def main(argv):
+    parser = cli_util.argument_parser('A tool.\n\nMore.')
+    parser.add_argument('--n', type=int, required=True)
+    args = parser.parse_args(argv)
+    if args.n < 0:
+      raise cli_util.ToolError(f'--n={args.n} is\nnegative')
+    if args.n == 0:
+      raise KeyError('not a bad input: a bug')
+    return args.n
+
+  assert cli_util.run(main, ['--n=3']) == 3
+  for argv, words in ((['--n=-1'], 'error: --n=-1 is negative'),
+                      ([], 'error: the following arguments are required: --n'),
+                      (['--n=x'], "error: argument --n: invalid int value: 'x'")):
+    with pytest.raises(SystemExit) as e:
+      cli_util.run(main, argv)
+    assert e.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == '' and captured.err == words + '\n', captured
+  with pytest.raises(KeyError):  # Anything else keeps its traceback.
+    cli_util.run(main, ['--n=0'])
+  # read_json: a missing or damaged file is one line naming it.
+  path = tmp_path / 'x.json'
+  with pytest.raises(cli_util.ToolError, match=f'^{path} does not exist: make it$'):
+    cli_util.read_json(str(path), missing='make it')
+  path.write_text('{"a": ')
+  with pytest.raises(saved_run.RunError, match=f'^{path} is not readable: '):
+    cli_util.read_json(str(path), saved_run.RunError)
+
+
+def test_entry_points_and_shims():
+  parser = configparser.ConfigParser()
+  parser.read(os.path.join(REPO, 'setup.cfg'))
+  scripts = dict(line.split(' = ') for line in
+                 parser['options.entry_points']['console_scripts'].strip().splitlines()
+                 if not line.startswith('#'))
+  commands = os.path.join(REPO, 'layermatch_jax', 'commands')
+  modules = sorted(n[:-3] for n in os.listdir(commands) if n.endswith('.py') and n[0] != '_')
+  assert sorted(scripts) == sorted(f'layermatch-{m.replace("_", "-")}' for m in modules)
+  for command, target in scripts.items():
+    module, function = target.split(':')
+    assert callable(getattr(importlib.import_module(module), function)), command
+  # Each command has its shim tools/NAME.py; no tool edits sys.path but tools/_path.py.
+  shims = sorted(n[:-3] for n in os.listdir(os.path.join(REPO, 'tools'))
+                 if n.endswith('.py') and not n.startswith('_') and n != 'mutation_check.py')
+  assert shims == modules
+  for name in shims:
+    with open(os.path.join(REPO, 'tools', f'{name}.py')) as f:
+      text = f.read()
+    assert f'from layermatch_jax.commands import {name}\n' in text and 'sys.path' not in text
+    assert f'  {name}.run()\n' in text
+
+
+def test_an_installed_command_finds_the_configs(tmp_path):
+  """Run from elsewhere, without the repository on sys.path (as a console script
+  runs): configs/ comes from the checkout that holds the package."""
+  (tmp_path / 'data' / 'train').mkdir(parents=True)
+  (tmp_path / 'data' / 'test').mkdir()
+  (tmp_path / 'old_run').mkdir()
+  (tmp_path / 'old_run' / 'config.json').write_text('{"algorithm": "fixmatch"}')
+  script = '\n'.join([
+      'import os, sys',
+      'import layermatch_jax',
+      f'sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != {REPO!r}]',
+      'from layermatch_jax import saved_run',
+      'from layermatch_jax.commands import learning_benchmark',
+      'config = saved_run.load_config("old_run")',
+      'print(config.algorithm, config.data.name, file=sys.stderr)',
+      'learning_benchmark.run(sys.argv[1:])'])
+  proc = subprocess.run(
+      [sys.executable, '-c', script, '--data=data', '--out=out', '--algorithms=supervised',
+       '--num_labels=40', '--seeds=0', '--dry_run'],
+      cwd=tmp_path, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
+      timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert 'fixmatch cifar10' in proc.stderr.splitlines()  # Filled from configs/default.py.
+  # The budget's steps, read from configs/cifar10_cpu.py; the run starts in the checkout.
+  assert '--config.num_train_steps=1500' in proc.stdout
+  assert sorted(os.listdir(tmp_path)) == ['data', 'old_run']

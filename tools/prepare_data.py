@@ -1,51 +1,11 @@
-"""Prepares a TFDS dataset in array_record format, the format training reads.
+"""Runs `layermatch-prepare-data` from a checkout: `python tools/prepare_data.py ARGS`.
 
-  python tools/prepare_data.py --dataset=cifar10 --data_dir=DIR
-  python tools/prepare_data.py --dataset=imagenet100 --data_dir=DIR \
-      --manual_dir=DIR_WITH_ILSVRC2012_TARS
-
-Needs TensorFlow (an optional extra: `pip install tensorflow-cpu`) and, except
-for ImageNet, internet access. ImageNet cannot be downloaded: put
-ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in --manual_dir.
-`imagenet100` prepares imagenet2012 (if needed) and then writes the index of
-the 100 CMC classes to DIR/imagenet100/index.npz (that step alone needs no
-TensorFlow). Training then reads DIR with --config.data.dir=DIR.
-
-Exit status 2 and one `error: ...` line on stderr for bad input.
+The command is layermatch_jax/commands/prepare_data.py, which documents it.
 """
 
-import argparse
-import os
-import sys
+import _path  # noqa: F401  # pylint: disable=unused-import  # The checkout importable.
 
-# Runnable as `python tools/prepare_data.py` from a checkout.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-DATASETS = ('cifar10', 'cifar100', 'stl10', 'imagenet2012', 'imagenet100')
-
-
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--dataset', required=True, choices=DATASETS)
-  parser.add_argument('--data_dir', required=True, help='TFDS data dir (config data.dir)')
-  parser.add_argument('--manual_dir', default=None,
-                      help='folder with manually downloaded files (ImageNet tars)')
-  args = parser.parse_args(argv)
-
-  from layermatch_jax.data import sources  # pylint: disable=import-outside-toplevel
-  from layermatch_jax.data import tfds_sources  # pylint: disable=import-outside-toplevel
-  try:
-    if args.dataset == 'imagenet2012' and not args.manual_dir:
-      raise sources.DataError('--dataset=imagenet2012 needs --manual_dir=DIR holding '
-                              'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar')
-    tfds_sources.prepare(args.dataset, args.data_dir, args.manual_dir)
-  except sources.DataError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  print(f'{args.dataset} is ready in {args.data_dir}: train with '
-        f'--config.data.dir={args.data_dir}')
-  return 0
-
+from layermatch_jax.commands import prepare_data
 
 if __name__ == '__main__':
-  sys.exit(main())
+  prepare_data.run()

@@ -26,9 +26,9 @@ Train batch (b = config.batch_size / (D * P), mu = config.uratio):
   unlabeled_label  int32 [D, mu*b]    hidden true label; -1 for extra images
   unlabeled_index  int32 [D, mu*b]    index into the unlabeled pool
                                       (train images first, then extra ones)
-Eval batch (b = config.eval_batch_size / D):
+Eval batch (b = config.eval_batch_size / D, rounded up):
   image uint8 [D, b, H, W, C], label int32 [D, b], mask bool [D, b]
-  (padding of the last batch: zero image, label 0, mask False).
+  (padding: zero image, label 0, mask False).
 """
 
 import dataclasses
@@ -46,6 +46,9 @@ from layermatch_jax.data.sources import Source
 
 LABELED_STREAM, UNLABELED_STREAM = 0, 1
 _ENDLESS = sys.maxsize  # Steps in a train "epoch" of the step dataset.
+
+# data.labeled_sampling: over labeled images (as USB) or over classes.
+LABELED_SAMPLINGS = ('uniform', 'balanced')
 
 
 @functools.lru_cache(maxsize=32)
@@ -206,12 +209,12 @@ def make_train_iterator(source: Source, split, config, *, num_devices: int,
   labeled = np.asarray(split.labeled_indices, np.int64)
   if labeled.size == 0:
     raise DataError('the labeled split is empty: set data.num_labels > 0')
-  sampling = config.data.get('labeled_sampling', 'uniform')
+  sampling = config.data.labeled_sampling
+  if sampling not in LABELED_SAMPLINGS:
+    raise DataError(f'data.labeled_sampling={sampling!r} is not valid: use one of '
+                    f'{", ".join(LABELED_SAMPLINGS)}')
   if sampling == 'balanced':
     labeled = balanced_indices(labeled, np.asarray(source.train.labels)[labeled])
-  elif sampling != 'uniform':
-    raise DataError(f"data.labeled_sampling={sampling!r} is not valid: use 'uniform' or "
-                    "'balanced'")
   step_fn = TrainBatchFn(
       train=source.train, extra=source.extra_unlabeled, labeled_indices=labeled,
       seed=int(config.seed), global_labeled=config.batch_size,

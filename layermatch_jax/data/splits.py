@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from layermatch_jax import cli_util
 from layermatch_jax.data.sources import DataError
 from layermatch_jax.data.sources import Source
 
@@ -111,10 +112,7 @@ def save_split(path: str, split: Split) -> None:
       'labeled_indices': [int(i) for i in split.labeled_indices],
   }
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(record, f)
-  os.replace(tmp, path)
+  cli_util.write_json(path, record)
 
 
 def load_split(path: str, source: Source) -> Split:

@@ -21,6 +21,7 @@ import time
 from absl import logging
 import numpy as np
 
+from layermatch_jax import cli_util
 from layermatch_jax.data import sources
 
 # data.name -> (TFDS name, train split, test split, extra unlabeled split).
@@ -242,9 +243,8 @@ def build_imagenet100_index(data_dir: str, *, skip_image_decoding: bool = True) 
                  time.time() - start)
   path = index_path(data_dir)
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  with cli_util.atomic_write(path, 'wb') as f:
+    np.savez(f, **arrays)
   return path
 
 
