@@ -2,6 +2,7 @@
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -132,7 +133,7 @@ def test_op_agrees_with_pil(name, ours, theirs, kind, make_image):
   image = make_image()
   got = np.asarray(ours(_as_float(image))) * 255.0
   want = _from_pil(theirs(_to_pil(image)))
-  assert got.shape == want.shape
+  chex.assert_shape(got, want.shape)
   diff = np.abs(got - want)
   assert diff.mean() < MEAN_BOUND[kind]
   if kind == COLOUR:
@@ -176,7 +177,8 @@ def test_op_shape_range_identity(name, op, op_identity, make_image):
   del name
   image = _off_grid(make_image())
   out = op(image)
-  assert out.shape == image.shape and out.dtype == jnp.float32
+  chex.assert_shape(out, image.shape)
+  chex.assert_type(out, jnp.float32)
   assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
   if op_identity is not None:
     np.testing.assert_allclose(op_identity(image), image, atol=1e-6)
@@ -242,20 +244,22 @@ def test_rand_augment_ranges_follow_usb():
 
 
 def _flip_crop_candidates(image, pad_fraction):
-  """Every output that a flip + reflect-pad crop could give."""
+  """Every output that a flip + reflect-pad crop could give, and its crop offset
+  (dy, dx) from the centred crop."""
   h, w, _ = image.shape
   ph, pw = weak.pad_size(h, pad_fraction), weak.pad_size(w, pad_fraction)
-  out = []
+  out, offsets = [], []
   for flipped in (image, image[:, ::-1]):
     padded = np.pad(flipped, ((ph, ph), (pw, pw), (0, 0)), mode='reflect')
     for dy in range(2 * ph + 1):
       for dx in range(2 * pw + 1):
         out.append(padded[dy:dy + h, dx:dx + w])
-  return np.stack(out)
+        offsets.append((dy - ph, dx - pw))
+  return np.stack(out), np.array(offsets)
 
 
 def _is_flip_crop(out, image, pad_fraction=0.125):
-  candidates = _flip_crop_candidates(np.asarray(image), pad_fraction)
+  candidates, _ = _flip_crop_candidates(np.asarray(image), pad_fraction)
   return bool(np.any(np.all(candidates == np.asarray(out), axis=(1, 2, 3))))
 
 
@@ -265,8 +269,9 @@ def test_weak_only_flips_and_crops(make_image):
   image = _as_float(make_image())
   fn = jax.jit(augment.weak_augment)
   outputs = [np.asarray(fn(jax.random.key(i), image)) for i in range(8)]
+  chex.assert_shape(outputs, image.shape)
+  chex.assert_type(outputs, np.float32)
   for out in outputs:
-    assert out.shape == image.shape and out.dtype == np.float32
     assert _is_flip_crop(out, image)
   assert len({out.tobytes() for out in outputs}) >= 4
 
@@ -304,8 +309,9 @@ def test_strong_differs_from_input_and_stays_in_range():
   image = _as_float(_rgb())
   fn = jax.jit(augment.strong_augment)
   outputs = [np.asarray(fn(jax.random.key(i), image)) for i in range(8)]
+  chex.assert_shape(outputs, image.shape)
+  chex.assert_type(outputs, np.float32)
   for out in outputs:
-    assert out.shape == image.shape and out.dtype == np.float32
     assert out.min() >= 0.0 and out.max() <= 1.0
     assert not np.array_equal(out, image)
   assert len({out.tobytes() for out in outputs}) == len(outputs)
@@ -320,12 +326,47 @@ def test_strong_without_ops_and_cutout_is_weak():
     assert _is_flip_crop(out, image)
 
 
+def test_grayscale_is_itu_601_luma():
+  image = jnp.asarray([[[1.0, 0.5, 0.0], [0.2, 0.4, 0.6]]])
+  # 0.299 r + 0.587 g + 0.114 b, as PIL's convert('L').
+  luma = np.array([[[0.299 + 0.2935], [0.0598 + 0.2348 + 0.0684]]])
+  np.testing.assert_allclose(ops.grayscale(image), luma, rtol=1e-6)
+  # Colour at factor 0 is that grey in every channel; a grey image is its own luma.
+  np.testing.assert_allclose(ops.color(image, 0.0), np.repeat(luma, 3, -1), rtol=1e-6)
+  np.testing.assert_array_equal(ops.grayscale(image[..., :1]), image[..., :1])
+
+
 def test_strong_grayscale_and_options():
-  image = _as_float(_gray())
-  out = jax.jit(functools.partial(
-      augment.strong_augment, num_ops=3, cutout_fraction=0.25,
-      pad_fraction=0.25))(jax.random.key(0), image)
-  assert out.shape == image.shape and out.dtype == jnp.float32
+  gray = _as_float(_gray())
+  keys = jax.random.split(jax.random.key(0), 8)
+
+  def strong(num_ops):
+    fn = functools.partial(augment.strong_augment, num_ops=num_ops, cutout_fraction=0.25,
+                           pad_fraction=0.25)
+    return jax.jit(jax.vmap(fn, in_axes=(0, None)))
+
+  # A one-channel image is augmented as its grey RGB copy would be, and that
+  # copy stays grey (every op treats equal channels alike; luma sums to 1).
+  out_gray = strong(3)(keys, gray)
+  out_rgb = np.asarray(strong(3)(keys, jnp.repeat(gray, 3, -1)))
+  chex.assert_shape(out_gray, (8, *gray.shape))
+  chex.assert_type(out_gray, jnp.float32)
+  np.testing.assert_array_equal(out_rgb[..., 1:], np.repeat(out_rgb[..., :1], 2, -1))
+  np.testing.assert_allclose(out_rgb[..., :1], out_gray, atol=1e-6)
+  # The options hold: without ops, each view is a flip and crop of the image
+  # padded by 0.25 of its side (offsets up to 8 pixels, some beyond the
+  # default's 4), bar a grey Cutout square of side below 0.25 * 32 = 8.
+  candidates, offsets = _flip_crop_candidates(np.asarray(gray), 0.25)
+  largest_offset = largest_cut = 0
+  for out in np.asarray(strong(0)(keys, gray)):
+    cut = out == 0.5  # Cutout's grey: no 8-bit level is exactly 0.5.
+    rows, cols = np.nonzero(cut[..., 0])
+    if rows.size:
+      largest_cut = max(largest_cut, np.ptp(rows) + 1, np.ptp(cols) + 1)
+    matches = np.all((candidates == out) | cut, axis=(1, 2, 3))
+    assert matches.any()
+    largest_offset = max(largest_offset, np.abs(offsets[matches]).max(1).min())
+  assert 4 < largest_offset <= 8 and 0 < largest_cut <= 8
 
 
 def test_vmap_in_jit_from_uint8_matches_per_image_calls():
@@ -348,8 +389,8 @@ def test_vmap_in_jit_from_uint8_matches_per_image_calls():
   weak_view, strong_view = views(base, example_ids, images)
   weak_one = jax.jit(augment.weak_augment)
   strong_one = jax.jit(strong)
-  assert weak_view.shape == strong_view.shape == images.shape
-  assert weak_view.dtype == strong_view.dtype == jnp.float32
+  chex.assert_shape([weak_view, strong_view], images.shape)
+  chex.assert_type([weak_view, strong_view], jnp.float32)
   for i, example_id in enumerate(example_ids):
     key = jax.random.fold_in(base, example_id)
     x = _as_float(images[i])

@@ -1,5 +1,6 @@
-"""layermatch.head_grad_rule='consensus': a per-sample head gradient, exactly."""
+"""Grad-ReLU's gradient scale and the head-gradient rules, exactly."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,9 +8,22 @@ import pytest
 
 from layermatch_jax import config_lib
 from layermatch_jax import train_step as ts
+from layermatch_jax.algorithms import grad_relu
 from layermatch_jax.state import ClusterState
 from tests.helpers import tiny_config
 from tests.test_train_step import _allclose, _max_abs, _on_one_device, _setup, reference_losses
+
+
+@pytest.mark.parametrize('scale', [0.0, 0.25, 0.5, 1.0])
+def test_scale_gradient_keeps_the_value_and_passes_that_share_of_the_gradient(scale):
+  x = jnp.asarray([0.5, -1.0, 2.0, 3.0])
+  f = lambda v: jnp.sum(jnp.sin(v) * jnp.arange(1.0, 5.0))
+  # Values on which scale x + (1 - scale) x is exact in float32.
+  np.testing.assert_array_equal(grad_relu.scale_gradient(x, scale), x)
+  grad = jax.grad(lambda v: f(grad_relu.scale_gradient(v, scale)))(x)
+  # d/dv f = k cos(v), k = 1..4, written out.
+  np.testing.assert_allclose(grad, scale * np.arange(1.0, 5.0) * np.cos(np.asarray(x)),
+                             rtol=1e-6, atol=1e-7)
 
 
 def _nearest_centre_votes(z_w, y_hat, cluster):
@@ -55,7 +69,7 @@ def test_consensus_head_gradient_is_per_sample_and_backbone_unchanged():
   # The same loss values as static LayerMatch (the rule moves gradients only).
   static_sc = _setup('layermatch', threshold=0.0)[3]
   _, (static_terms, _) = _grads(state, views, static_sc)
-  _allclose(terms, static_terms, atol=0, rtol=0)
+  chex.assert_trees_all_equal(terms, static_terms)
 
   # The logged agreement is this share of the confident pseudo-labels.
   _, metrics = _on_one_device(lambda st, v: ts.train_step(st, v, sc), state, views)

@@ -1,5 +1,6 @@
 """Backbone shapes, parameter counts and the two-subtree layout."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -33,9 +34,10 @@ def test_parameter_counts_and_shapes(name, num_classes, size, params, features):
   variables, (z, logits) = _shapes(name, num_classes, size)
   assert set(variables['params']) == {'backbone', 'head'}
   assert set(variables['params']['head']) == {'kernel', 'bias'}
-  assert variables['params']['head']['kernel'].shape == (features, num_classes)
+  chex.assert_shape(variables['params']['head']['kernel'], (features, num_classes))
   assert _count(variables['params']) == params
-  assert z.shape == (2, features) and logits.shape == (2, num_classes)
+  chex.assert_shape(z, (2, features))
+  chex.assert_shape(logits, (2, num_classes))
   # BatchNorm statistics belong to the backbone only.
   assert set(variables['batch_stats']) == {'backbone'}
 
@@ -62,14 +64,35 @@ def test_unknown_model_and_dtype_name_the_choices():
     models.create_model(ml_collections.ConfigDict(dict(name='wrn28_2', dtype='fp8')), 10)
 
 
+def _excess_kurtosis(x):
+  z = (x - x.mean()) / x.std()
+  return float(np.mean(z**4) - 3.0)
+
+
 def test_head_initialisation_is_xavier_normal():
   cfg = ml_collections.ConfigDict(dict(name='wrn28_2', dtype='float32'))
   model = models.create_model(cfg, 10, axis_name=None)
   variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
-  kernel = np.asarray(variables['params']['head']['kernel'])
-  # Xavier normal: std = sqrt(2 / (fan_in + fan_out)) = sqrt(2 / 138).
-  assert abs(kernel.std() / np.sqrt(2 / 138) - 1) < 0.1
+  kernel = np.asarray(variables['params']['head']['kernel']).ravel()
+  # Xavier normal: std = sqrt(2 / (fan_in + fan_out)) = sqrt(2 / 138) ...
+  std = np.sqrt(2 / 138)
+  assert abs(kernel.std() / std - 1) < 0.1
+  # ... of a normal truncated at two of its own standard deviations, 2 / 0.8796 std
+  # (JAX's truncated_normal with its std correction). Its shape, not only its std:
+  # the weights reach nearly up to that bound (a uniform stops at sqrt(3) std,
+  # a normal passes it: 29 of 1280 weights expected), and the excess kurtosis
+  # is -0.64 (uniform -1.2, normal 0; +-0.14 for 1280 samples).
+  bound = 2 / 0.87962566103423978 * std
+  assert 0.95 * bound < np.abs(kernel).max() <= bound * (1 + 1e-6)
+  assert -0.95 < _excess_kurtosis(kernel) < -0.35
   np.testing.assert_array_equal(variables['params']['head']['bias'], 0)
-  # Kaiming fan-out on a 3x3 conv with 32 outputs: std = sqrt(2 / (9 * 32)).
-  conv = np.asarray(variables['params']['backbone']['group0_block0']['conv2']['kernel'])
-  assert abs(conv.std() / np.sqrt(2 / (9 * 32)) - 1) < 0.1
+  # Kaiming fan-out on a 3x3 conv with 32 outputs: std = sqrt(2 / (9 * 32)), an
+  # untruncated normal: 4.6% of the 9216 weights beyond 2 std, the largest near
+  # 4 std (a truncated normal stops at 2.27, a uniform at 1.73), excess
+  # kurtosis 0 (+-0.05).
+  conv = np.asarray(variables['params']['backbone']['group0_block0']['conv2']['kernel']).ravel()
+  std = np.sqrt(2 / (9 * 32))
+  assert abs(conv.std() / std - 1) < 0.1
+  assert 0.035 < np.mean(np.abs(conv) > 2 * std) < 0.057
+  assert np.abs(conv).max() > 3 * std
+  assert abs(_excess_kurtosis(conv)) < 0.2

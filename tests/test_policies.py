@@ -4,6 +4,7 @@ Expected numbers are worked out from each paper's formulas, written out in the
 test (the formula in a comment, the numbers spelled out or computed from it).
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -271,8 +272,7 @@ def test_policy_state_one_vs_eight_devices(policy):
   state_8, hist_8 = run_on_devices(config, batches, 8, 4, pool, by_term)
 
   # The policy state to 1e-5 (FlexMatch's record exactly).
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               state_8.policy, state_1.policy)
+  chex.assert_trees_all_close(state_8.policy, state_1.policy, rtol=1e-5, atol=1e-6)
   if policy == 'flexmatch':
     np.testing.assert_array_equal(state_8.policy['selected'], state_1.policy['selected'])
   # The first step sees identical inputs: every metric (losses, gradient norms)
@@ -281,10 +281,8 @@ def test_policy_state_one_vs_eight_devices(policy):
   # by ~1e-4 in two steps, float summation order amplified (argmax and mask
   # near-ties); test_device_invariance covers the step's parameters.
   for step, (m1, m8) in enumerate(zip(hist_1, hist_8)):
-    assert m1.keys() == m8.keys()
-    for key in m1:
-      np.testing.assert_allclose(m8[key], m1[key], rtol=1e-4 if step == 0 else 2e-3,
-                                 atol=1e-6 if step == 0 else 1e-5, err_msg=f'{step} {key}')
+    chex.assert_trees_all_close(m8, m1, rtol=1e-4 if step == 0 else 2e-3,
+                                atol=1e-6 if step == 0 else 1e-5)
   # The state moved away from its start.
   start = policies.init_state(policy, 4, pool)
   moved = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(state_1.policy),

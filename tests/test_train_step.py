@@ -1,5 +1,8 @@
 """The LayerMatch step against separately computed gradients and formulas."""
 
+import functools
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +11,8 @@ import pytest
 
 from layermatch_jax import models, optim
 from layermatch_jax import train_step as ts
-from layermatch_jax.algorithms import avg_clustering
+from layermatch_jax.algorithms import avg_clustering, policies, presets
+from layermatch_jax.algorithms.policies import PolicyInputs
 from layermatch_jax.state import ClusterState, create_train_state
 from tests.helpers import random_views, tiny_config
 
@@ -19,7 +23,8 @@ def _setup(algorithm='layermatch', threshold=0.4, seed=0, **overrides):
   config = tiny_config(algorithm, **{'pseudo_label.threshold': threshold}, **overrides)
   model = models.create_model(config.model, K, axis_name=ts.AXIS)
   tx = optim.make_optimizer(config.optim, config.num_train_steps)
-  state = create_train_state(model, tx, jax.random.key(seed), (8, 8, 3), K)
+  state = create_train_state(model, tx, jax.random.key(seed), (8, 8, 3), K,
+                             policy=presets.resolve_policy(config))
   rng = np.random.default_rng(seed)
   # Centres for classes 0-2 with various update counts; class 3 has none yet,
   # so the "left out of the softmax" path is exercised.
@@ -40,8 +45,12 @@ def _on_one_device(fn, *args):
   return jax.tree.map(lambda x: x[0], out)
 
 
-def reference_losses(model, state, views, sc):
-  """L_s, L_u, L_c written out independently of train_step.py, unmasked head."""
+def reference_losses(model, state, views, sc, weights_fn=None):
+  """L_s, L_u, L_c written out independently of train_step.py, unmasked head.
+
+  m_i = [max p_w,i >= threshold] (the fixed policy), or weights_fn(p_w, p_l)
+  for another policy's weights; L_u and L_c weigh sample i by m_i as given.
+  """
 
   def losses(params):
     x = jnp.concatenate([views['x_l'], views['x_w'], views['x_s']])
@@ -54,9 +63,13 @@ def reference_losses(model, state, views, sc):
     log_softmax = jax.nn.log_softmax
     pick = lambda lp, y: jnp.take_along_axis(lp, y[:, None], 1)[:, 0]
     loss_s = -pick(log_softmax(head(params, z_l)), views['y_l']).mean()
-    p_w = jax.nn.softmax(head(jax.lax.stop_gradient(params), jax.lax.stop_gradient(z_w)))
+    stopped = jax.lax.stop_gradient
+    p_w = jax.nn.softmax(head(stopped(params), stopped(z_w)))
     y_hat = jnp.argmax(p_w, 1)
-    m = (p_w.max(1) >= sc.threshold).astype(jnp.float32)
+    if weights_fn is None:
+      m = (p_w.max(1) >= sc.threshold).astype(jnp.float32)
+    else:
+      m = weights_fn(p_w, jax.nn.softmax(head(stopped(params), stopped(z_l))))
     loss_u = (m * -pick(log_softmax(head(params, z_s)), y_hat)).mean()
     valid = state.cluster.counts > 0
     c = state.cluster.centers / jnp.linalg.norm(state.cluster.centers, axis=1, keepdims=True
@@ -64,22 +77,43 @@ def reference_losses(model, state, views, sc):
     zs = z_s / jnp.linalg.norm(z_s, axis=1, keepdims=True)
     sim = jnp.where(valid, zs @ c.T / sc.temperature, -jnp.inf)
     m_c = m * valid[y_hat]
-    # where, not a product: the CE of a class without a centre is infinite.
-    loss_c = jnp.where(m_c > 0, -pick(log_softmax(sim), y_hat), 0.0).mean()
+    # where, not a product alone: the CE of a class without a centre is infinite.
+    loss_c = jnp.where(m_c > 0, m_c * -pick(log_softmax(sim), y_hat), 0.0).mean()
     return loss_s, loss_u, loss_c, (z_l, z_w, y_hat, m)
 
   return losses
 
 
-def _allclose(a, b, atol=1e-6, rtol=1e-5):
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=atol, rtol=rtol), a, b)
+def expected_centres(state, y_l, z_l, z_w, y_hat, m, momentum):
+  """Avg-Clustering's EMA update written out: unit features, mean per class weighted
+  by 1 (labeled) or m_i (weak views), a first update taking the mean itself."""
+  normalize = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+  feats = np.concatenate([normalize(np.asarray(z_l)), normalize(np.asarray(z_w))])
+  labels = np.concatenate([y_l, np.asarray(y_hat)])
+  weights = np.concatenate([np.ones(len(z_l)), np.asarray(m)])
+  centres = np.asarray(state.cluster.centers).copy()
+  counts = np.asarray(state.cluster.counts).copy()
+  for k in range(len(counts)):
+    w = weights * (labels == k)
+    if w.sum() == 0:
+      continue
+    mean = (w[:, None] * feats).sum(0) / w.sum()
+    centres[k] = mean if counts[k] == 0 else momentum * centres[k] + (1 - momentum) * mean
+    counts[k] += 1
+  return centres, counts
+
+
+# The step against its written-out reference: float32 sums in another order.
+_allclose = functools.partial(chex.assert_trees_all_close, atol=1e-6, rtol=1e-5)
 
 
 def _max_abs(tree):
   return max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(tree))
 
 
-@pytest.mark.parametrize('alpha', [0.0, 0.5, 1.0])
+# 0.25, not 0.5: at 0.5 the head's share alpha and the stopped share 1 - alpha
+# are equal, so a rule that swapped them would pass.
+@pytest.mark.parametrize('alpha', [0.0, 0.25, 1.0])
 def test_grad_relu_matches_separate_gradients(alpha):
   model, state, views, sc = _setup(**{'layermatch.head_grad_scale': alpha})
   assert sc.unsup_weight == 1.0 and sc.cluster_weight == 1.0
@@ -146,6 +180,63 @@ def test_term_gradients_split_and_sum_to_total():
   np.testing.assert_allclose([terms['sup'], terms['unsup'], terms['cluster']], ref, rtol=1e-5)
 
 
+def test_freematch_fairness_moves_the_backbone_but_not_a_grad_relu_head():
+  """FreeMatch's fairness term comes from the strong view's W~ logits, like L_u."""
+  overrides = {'pseudo_label.policy': 'freematch',
+               'pseudo_label.freematch.fairness_weight': 1.0}
+
+  def fairness(alpha):
+    _, state, views, sc = _setup(**overrides, **{'layermatch.head_grad_scale': alpha})
+    assert sc.terms == ts.TERMS + ('fairness',)
+    grads, terms = _on_one_device(lambda st: ts.term_gradients(st, views, sc)[:2], state)
+    return grads['fairness'], terms
+
+  (fair_0, terms_0), (fair_1, terms_1) = fairness(0.0), fairness(1.0)
+  assert abs(float(terms_0['fairness'])) > 1e-3
+  # alpha = 0: not one bit of the fairness gradient reaches the head ...
+  chex.assert_trees_all_equal(fair_0['head'], jax.tree.map(jnp.zeros_like, fair_0['head']))
+  # ... though the term does depend on it (alpha = 1 passes it), and the
+  # backbone's share is the same either way.
+  assert _max_abs(fair_1['head']) > 1e-4 and _max_abs(fair_0['backbone']) > 1e-4
+  _allclose(fair_0['backbone'], fair_1['backbone'])
+  chex.assert_trees_all_equal(terms_0, terms_1)
+
+
+def test_softmatch_weights_enter_losses_and_centres_as_given():
+  """SoftMatch's weights are soft: L_u, L_c and the centres use m_i in (0, 1) as is."""
+  model, state, views, sc = _setup(**{'pseudo_label.policy': 'softmatch'})
+  assert sc.pseudo_label.name == 'softmatch' and sc.pseudo_label.softmatch_n_sigma == 2.0
+  # The policy's state placed so that the weights spread over (0, 1): the
+  # Gaussian's mean mu at the weak views' upper-quartile confidence c, its
+  # variance 4 Var(c), so below mu m = exp(-(c - mu)^2 / (2 Var(c))) (n_sigma 2).
+  z_w = _on_one_device(lambda p: reference_losses(model, state, views, sc)(p)[3][1],
+                       state.params)
+  head = state.params['head']
+  confidence = np.asarray(jax.nn.softmax(z_w @ head['kernel'] + head['bias'])).max(1)
+  uniform = jnp.full((K,), 1 / K)
+  state = state.replace(policy=dict(mu=jnp.float32(np.quantile(confidence, 0.75)),
+                                    var=jnp.float32(4 * confidence.var()),
+                                    p_model=uniform, p_target=uniform))
+  weights_fn = lambda p_w, p_l: policies.select(state.policy, PolicyInputs(p_w, p_l),
+                                                sc.pseudo_label).weights
+  losses = reference_losses(model, state, views, sc, weights_fn)
+  ls, lu, lc, (z_l, z_w, y_hat, m) = _on_one_device(losses, state.params)
+  m = np.asarray(m)
+  assert np.sum((m > 0.05) & (m < 0.95)) >= 4 and m.max() == 1.0, m
+
+  new_state, metrics = _on_one_device(lambda st: ts.train_step(st, views, sc), state)
+  np.testing.assert_allclose(metrics['loss_sup'], ls, rtol=1e-5)
+  # L_u = mean_i m_i CE_i, and L_c alike: a weight rounded to 0 or 1 would show.
+  np.testing.assert_allclose(metrics['loss_unsup'], lu, rtol=1e-5)
+  np.testing.assert_allclose(metrics['loss_cluster'], lc, rtol=1e-5)
+  np.testing.assert_allclose(metrics['mask_ratio'], m.mean(), rtol=1e-5)
+  centres, counts = expected_centres(state, views['y_l'], z_l, z_w, y_hat, m,
+                                     sc.center_momentum)
+  np.testing.assert_array_equal(new_state.cluster.counts, counts)
+  # The weighted mean, also for a class whose weights sum below 1.
+  np.testing.assert_allclose(new_state.cluster.centers, centres, rtol=1e-5, atol=1e-6)
+
+
 def test_update_centers_follows_ema_formula_by_hand():
   beta = 0.9
   cluster = ClusterState(centers=jnp.asarray([[0.0, 0.0], [1.0, 0.0], [0.5, 0.5]]),
@@ -163,6 +254,19 @@ def test_update_centers_follows_ema_formula_by_hand():
   expected = np.stack([mean0, beta * np.array([1.0, 0.0]) + (1 - beta) * mean1, [0.5, 0.5]])
   np.testing.assert_allclose(new.centers, expected, rtol=1e-6)
   np.testing.assert_array_equal(new.counts, [1, 5, 2])
+
+
+def test_update_centers_takes_the_weighted_mean_of_soft_weights():
+  cluster = ClusterState(jnp.zeros((2, 2)), jnp.zeros((2,), jnp.int32))
+  # Class 0 is seen only through two samples of weight 0.25 each.
+  features = jnp.asarray([[3.0, 4.0], [0.0, 2.0], [1.0, 0.0]])
+  labels = jnp.asarray([0, 0, 1])
+  weights = jnp.asarray([0.25, 0.25, 1.0])
+  sums, counts = avg_clustering.class_feature_sums(features, labels, weights, 2)
+  new = avg_clustering.update_centers(cluster, sums, counts, 0.9)
+  # First updates take the mean: (0.25 (0.6, 0.8) + 0.25 (0, 1)) / 0.5 = (0.3, 0.9).
+  np.testing.assert_allclose(new.centers, [[0.3, 0.9], [1.0, 0.0]], rtol=1e-6)
+  np.testing.assert_array_equal(new.counts, [1, 1])
 
 
 def test_cluster_loss_is_zero_until_two_centres_exist():
@@ -186,20 +290,8 @@ def test_step_updates_centres_by_ema_only_and_optimizer_never_sees_them():
   # Optimizer state mirrors params only: no centres in it.
   assert jax.tree.structure(state.params) == jax.tree.structure(
       new_state.opt_state[1][0].trace)
-  normalize = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
-  feats = np.concatenate([normalize(np.asarray(z_l)), normalize(np.asarray(z_w))])
-  labels = np.concatenate([views['y_l'], np.asarray(y_hat)])
-  weights = np.concatenate([np.ones(len(z_l)), np.asarray(m)])
-  expected = np.asarray(state.cluster.centers).copy()
-  counts = np.asarray(state.cluster.counts).copy()
-  for k in range(K):
-    w = weights * (labels == k)
-    if w.sum() == 0:
-      continue
-    mean = (w[:, None] * feats).sum(0) / w.sum()
-    expected[k] = mean if counts[k] == 0 else sc.center_momentum * expected[k] + (
-        1 - sc.center_momentum) * mean
-    counts[k] += 1
+  expected, counts = expected_centres(state, views['y_l'], z_l, z_w, y_hat, m,
+                                      sc.center_momentum)
   np.testing.assert_allclose(new_state.cluster.centers, expected, rtol=1e-5, atol=1e-7)
   np.testing.assert_array_equal(new_state.cluster.counts, counts)
   assert metrics['num_centers'] == float((counts > 0).sum())
@@ -216,25 +308,35 @@ def test_init_is_bit_identical_to_a_default_compile():
   # The reference at XLA:CPU's default level, named in case XLA_FLAGS lowers it.
   init = jax.jit(lambda r: model.init(r, jnp.zeros((1, 8, 8, 3)), train=False))
   variables = init.lower(init_rng).compile({'xla_backend_optimization_level': 3})(init_rng)
-  for got, want in zip(jax.tree.leaves((state.params, state.batch_stats, state.ema_params)),
-                       jax.tree.leaves((variables['params'], variables['batch_stats'],
-                                        variables['params']))):
-    np.testing.assert_array_equal(got, want)
+  chex.assert_trees_all_equal((state.params, state.batch_stats, state.ema_params),
+                              (variables['params'], variables['batch_stats'],
+                               variables['params']))
   np.testing.assert_array_equal(state.rng, jax.random.key_data(state_rng))
 
 
 def test_step_metrics_and_state_bookkeeping():
   model, state, views, sc = _setup()
-  new_state, metrics = _on_one_device(lambda st: ts.train_step(st, views, sc, True), state)
   losses = reference_losses(model, state, views, sc)
   ls, lu, lc, (_, _, y_hat, m) = _on_one_device(losses, state.params)
+  y_hat, m = np.asarray(y_hat), np.asarray(m)
+  confident = np.flatnonzero(m)
+  assert 3 <= len(confident) < len(m)
+  # Hidden labels where the mask matters: every confident pseudo-label right but
+  # one wrong and one unknown (-1), every other one wrong.
+  y_u = np.where(m > 0, y_hat, (y_hat + 1) % K).astype(np.int32)
+  y_u[confident[0]], y_u[confident[1]] = -1, (y_hat[confident[1]] + 1) % K
+  views = dict(views, y_u=y_u)
+  new_state, metrics = _on_one_device(lambda st: ts.train_step(st, views, sc, True), state)
+  n_confident, n = len(confident), len(m)
+  np.testing.assert_allclose(metrics['pseudo_label_acc'], (n_confident - 2) / (n - 1),
+                             rtol=1e-6)
+  np.testing.assert_allclose(metrics['confident_pseudo_label_acc'],
+                             (n_confident - 2) / (n_confident - 1), rtol=1e-6)
   np.testing.assert_allclose(metrics['loss_sup'], ls, rtol=1e-5)
   np.testing.assert_allclose(metrics['loss_unsup'], lu, rtol=1e-5)
   np.testing.assert_allclose(metrics['loss_cluster'], lc, rtol=1e-5)
   np.testing.assert_allclose(metrics['loss'], ls + lu + lc, rtol=1e-5)
   np.testing.assert_allclose(metrics['mask_ratio'], np.mean(m), rtol=1e-6)
-  np.testing.assert_allclose(metrics['pseudo_label_acc'],
-                             np.mean(np.asarray(y_hat) == views['y_u']), rtol=1e-6)
   np.testing.assert_allclose(metrics['lr'], sc.learning_rate, rtol=1e-6)  # step 0
   assert metrics['grad_norm/head/unsup'] == 0.0 and metrics['grad_norm/head/cluster'] == 0.0
   assert metrics['grad_norm/backbone/cluster'] > 0
@@ -256,7 +358,7 @@ def test_supervised_preset_ignores_unlabeled_data_and_fixmatch_keeps_centres():
   only_labeled = {k: views[k] for k in ('x_l', 'y_l')}
   new_a, m_a = _on_one_device(lambda st: ts.train_step(st, views, sc), state)
   new_b, m_b = _on_one_device(lambda st: ts.train_step(st, only_labeled, sc), state)
-  _allclose(new_a.params, new_b.params, atol=0, rtol=0)
+  chex.assert_trees_all_equal(new_a.params, new_b.params)
   assert float(m_a['loss_unsup']) == 0.0 and 'mask_ratio' not in m_a
 
   _, state, views, sc = _setup('fixmatch')

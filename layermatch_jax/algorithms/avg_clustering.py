@@ -49,7 +49,9 @@ def class_feature_sums(features, labels, weights, num_classes: int,
 def update_centers(cluster: ClusterState, sums, counts, momentum: float) -> ClusterState:
   """C_k <- beta C_k + (1 - beta) mean_k for classes present; first update copies."""
   present = counts > 0
-  means = sums / jnp.maximum(counts, 1.0)[:, None]
+  # counts are weight sums (SoftMatch's m_i < 1 too): the weighted mean divides
+  # by them, whatever their size; absent classes divide by 1 and are not used.
+  means = sums / jnp.where(present, counts, 1.0)[:, None]
   ema = momentum * cluster.centers + (1.0 - momentum) * means
   new = jnp.where((cluster.counts > 0)[:, None], ema, means)
   return ClusterState(
