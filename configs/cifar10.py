@@ -1,6 +1,7 @@
 """CIFAR-10, WRN-28-2, the classic SSL protocol (labels: 10, 40, 250 or 4000).
 
-  python tools/prepare_data.py --dataset=cifar10 --data_dir=~/tensorflow_datasets  # once, needs tensorflow-cpu
+  # Once (needs tensorflow-cpu):
+  python tools/prepare_data.py --dataset=cifar10 --data_dir=~/tensorflow_datasets
   python -m layermatch_jax.main --config=configs/cifar10.py --workdir=DIR \
       --config.data.num_labels=40
 

@@ -57,12 +57,18 @@ def get_config():
   config.data.image_size = 32
   config.data.download = False
   config.data.skip_bad_files = False
-  config.data.manual_dir = config_dict.placeholder(str)  # ImageNet archives (download=True).
+  config.data.manual_dir = config_dict.placeholder(
+    str
+  )  # ImageNet archives (download=True).
   # Host pipeline: grain threads and prefetched batches; folder decoding.
   config.data.num_threads = 2
   config.data.prefetch_batches = 4
-  config.data.max_memory_mb = 8192  # Larger folders are decoded per access, not held.
-  config.data.decode_processes = 0  # >1: decode big folders in processes, not threads.
+  config.data.max_memory_mb = (
+    8192  # Larger folders are decoded per access, not held.
+  )
+  config.data.decode_processes = (
+    0  # >1: decode big folders in processes, not threads.
+  )
   # Per-channel normalisation applied on device after augmentation ([0, 1] scale).
   config.data.mean = (0.4914, 0.4822, 0.4465)
   config.data.std = (0.2471, 0.2435, 0.2616)
@@ -73,11 +79,15 @@ def get_config():
   # Strong view: RandAugment ops per image. 3 is USB's classic-CV RandAugment(3, 5)
   # (cifar.py, stl10.py); 2 is the FixMatch paper's setting.
   config.augment.num_ops = 3
-  config.augment.cutout_fraction = 0.5  # Strong view: Cutout side, max share of the image side.
+  config.augment.cutout_fraction = (
+    0.5  # Strong view: Cutout side, max share of the image side.
+  )
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'wrn28_2'  # See models/__init__.py for the registry.
-  config.model.dtype = 'float32'  # 'bfloat16' computes in bf16, keeps float32 parameters.
+  config.model.dtype = (
+    'float32'  # 'bfloat16' computes in bf16, keeps float32 parameters.
+  )
   config.model.bn_momentum = 0.999
   config.model.bn_epsilon = 1e-3
 
@@ -95,12 +105,18 @@ def get_config():
   # preset's ('fixed' for fixmatch and layermatch), so layermatch on top of any
   # policy is `algorithm=layermatch, pseudo_label.policy=NAME`.
   config.pseudo_label.policy = config_dict.placeholder(str)
-  config.pseudo_label.threshold = 0.95  # tau: 'fixed'; FlexMatch's upper threshold.
+  config.pseudo_label.threshold = (
+    0.95  # tau: 'fixed'; FlexMatch's upper threshold.
+  )
   config.pseudo_label.unsup_weight = config_dict.placeholder(float)  # lambda_u
   # FlexMatch (Zhang et al., NeurIPS 2021): T(c) = M(beta(c)) tau.
   config.pseudo_label.flexmatch = ml_collections.ConfigDict()
-  config.pseudo_label.flexmatch.threshold_warmup = True  # beta over max(max sigma, unused).
-  config.pseudo_label.flexmatch.mapping = 'convex'  # M(x) = x / (2 - x); 'linear': M(x) = x.
+  config.pseudo_label.flexmatch.threshold_warmup = (
+    True  # beta over max(max sigma, unused).
+  )
+  config.pseudo_label.flexmatch.mapping = (
+    'convex'  # M(x) = x / (2 - x); 'linear': M(x) = x.
+  )
   # FreeMatch (Wang et al., ICLR 2023): self-adaptive thresholds + fairness.
   config.pseudo_label.freematch = ml_collections.ConfigDict()
   config.pseudo_label.freematch.ema_momentum = 0.999  # lambda
@@ -113,7 +129,9 @@ def get_config():
   # The Gaussian's std is sigma_t / n_sigma. 2: USB's classic-CV configs and the
   # authors' TorchSSL code (the published results); 1: the paper's eq. 8 as written.
   config.pseudo_label.softmatch.n_sigma = 2.0
-  config.pseudo_label.softmatch.alignment = 'uniform'  # 'uniform' (UA) | 'labeled' | 'none'
+  config.pseudo_label.softmatch.alignment = (
+    'uniform'  # 'uniform' (UA) | 'labeled' | 'none'
+  )
 
   config.layermatch = ml_collections.ConfigDict()
   # alpha: share of the pseudo-label gradient the head gets (0 Grad-ReLU, 1 FixMatch).
@@ -139,5 +157,7 @@ def get_config():
   # 0 = off. It embeds every training image: minutes on a CPU for CIFAR.
   # tools/probe.py does the same for saved checkpoints, after the run.
   config.probe_every_steps = 0
-  config.probe_max_train = config_dict.placeholder(int)  # At most this many train images.
+  config.probe_max_train = config_dict.placeholder(
+    int
+  )  # At most this many train images.
   return config

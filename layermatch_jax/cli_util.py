@@ -50,8 +50,11 @@ def fail(message) -> NoReturn:
   sys.exit(2)
 
 
-def run(main: Callable, argv: Optional[Sequence[str]] = None,
-        errors: Tuple[Type[Exception], ...] = ()):
+def run(
+  main: Callable,
+  argv: Optional[Sequence[str]] = None,
+  errors: Tuple[Type[Exception], ...] = (),
+):
   """Runs `main(argv)` as a command: ToolError (and `errors`) become one line
   `error: ...` on stderr and exit status 2; returns what main returns.
 
@@ -67,7 +70,6 @@ def run(main: Callable, argv: Optional[Sequence[str]] = None,
 
 
 class _ArgumentParser(argparse.ArgumentParser):
-
   def error(self, message):
     # argparse's own errors are a usage block; the contract is one line.
     raise ToolError(message)
@@ -90,7 +92,9 @@ def atomic_write(path: str, mode: str = 'w', **open_kwargs):
     raise ValueError(f'mode={mode!r}: use w or wb')
   directory, name = os.path.split(os.path.abspath(path))
   # Hidden, and unique to this process and call: two writers never share one.
-  tmp = os.path.join(directory, f'.{name}.tmp-{os.getpid()}-{os.urandom(4).hex()}')
+  tmp = os.path.join(
+    directory, f'.{name}.tmp-{os.getpid()}-{os.urandom(4).hex()}'
+  )
   try:
     with open(tmp, mode.replace('w', 'x'), **open_kwargs) as f:
       yield f
@@ -109,7 +113,9 @@ def write_text(path: str, text: str):
     f.write(text)
 
 
-def write_json(path: str, obj, indent: Optional[int] = None, sort_keys: bool = False):
+def write_json(
+  path: str, obj, indent: Optional[int] = None, sort_keys: bool = False
+):
   """Writes `obj` as JSON and a newline to `path` atomically."""
   write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys) + '\n')
 
@@ -147,10 +153,13 @@ def import_configs():
       raise
   init = os.path.join(CHECKOUT, 'configs', '__init__.py')
   if not os.path.isfile(init):
-    raise ToolError(f'{os.path.dirname(init)} does not exist: layermatch_jax reads its configs '
-                    'from a checkout of the repository (install one with pip install -e .)')
+    raise ToolError(
+      f'{os.path.dirname(init)} does not exist: layermatch_jax reads its configs '
+      'from a checkout of the repository (install one with pip install -e .)'
+    )
   spec = importlib.util.spec_from_file_location(
-      'configs', init, submodule_search_locations=[os.path.dirname(init)])
+    'configs', init, submodule_search_locations=[os.path.dirname(init)]
+  )
   module = importlib.util.module_from_spec(spec)
   sys.modules['configs'] = module
   try:
@@ -167,7 +176,9 @@ def load_config_file(path: str, *args):
   if not os.path.isfile(path):
     raise ToolError(f'config file {path} does not exist')
   name = os.path.splitext(os.path.basename(path))[0]
-  spec = importlib.util.spec_from_file_location(f'_layermatch_config_{name}', path)
+  spec = importlib.util.spec_from_file_location(
+    f'_layermatch_config_{name}', path
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   if not hasattr(module, 'get_config'):

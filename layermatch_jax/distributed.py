@@ -29,8 +29,12 @@ def _is_multihost_tpu() -> bool:
   return len([h for h in hosts.split(',') if h]) > 1
 
 
-def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-               process_id: Optional[int] = None, auto: bool = False) -> bool:
+def initialize(
+  coordinator_address: Optional[str] = None,
+  num_processes: Optional[int] = None,
+  process_id: Optional[int] = None,
+  auto: bool = False,
+) -> bool:
   """Starts jax.distributed when asked for; returns whether it did.
 
   Flags win over the environment. `auto` calls jax.distributed.initialize()
@@ -40,36 +44,56 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
   env = [os.environ.get(k) for k in ENV]
   coordinator_address = coordinator_address or env[0]
   try:
-    num_processes = num_processes if num_processes is not None else (
-        int(env[1]) if env[1] else None)
-    process_id = process_id if process_id is not None else (int(env[2]) if env[2] else None)
+    num_processes = (
+      num_processes
+      if num_processes is not None
+      else (int(env[1]) if env[1] else None)
+    )
+    process_id = (
+      process_id
+      if process_id is not None
+      else (int(env[2]) if env[2] else None)
+    )
   except ValueError as e:
-    raise DistributedError(f'{ENV[1]}={env[1]!r} / {ENV[2]}={env[2]!r}: give integers') from e
-  given = [coordinator_address is not None, num_processes is not None, process_id is not None]
+    raise DistributedError(
+      f'{ENV[1]}={env[1]!r} / {ENV[2]}={env[2]!r}: give integers'
+    ) from e
+  given = [
+    coordinator_address is not None,
+    num_processes is not None,
+    process_id is not None,
+  ]
   if any(given) and not all(given):
     raise DistributedError(
-        'multi-process runs need all of --coordinator_address, --num_processes and '
-        f'--process_id (or {", ".join(ENV)}); got coordinator_address={coordinator_address!r}, '
-        f'num_processes={num_processes!r}, process_id={process_id!r}')
+      'multi-process runs need all of --coordinator_address, --num_processes and '
+      f'--process_id (or {", ".join(ENV)}); got coordinator_address={coordinator_address!r}, '
+      f'num_processes={num_processes!r}, process_id={process_id!r}'
+    )
   if all(given):
     if num_processes < 1 or not 0 <= process_id < num_processes:
-      raise DistributedError(f'--process_id={process_id} is not in [0, --num_processes='
-                             f'{num_processes})')
+      raise DistributedError(
+        f'--process_id={process_id} is not in [0, --num_processes='
+        f'{num_processes})'
+      )
     if num_processes == 1:
       return False
     # CPU collectives across processes go through gloo (GPU and TPU have their own).
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
+    jax.distributed.initialize(
+      coordinator_address=coordinator_address,
+      num_processes=num_processes,
+      process_id=process_id,
+    )
     return True
   if auto or _is_multihost_tpu():
     try:
       jax.distributed.initialize()
     except (ValueError, RuntimeError) as e:
       raise DistributedError(
-          f'--distributed: jax.distributed.initialize() found no cluster to join '
-          f'({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}); on '
-          'other machines give --coordinator_address, --num_processes and --process_id') from e
+        f'--distributed: jax.distributed.initialize() found no cluster to join '
+        f'({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}); on '
+        'other machines give --coordinator_address, --num_processes and --process_id'
+      ) from e
     return True
   return False
 
@@ -84,6 +108,7 @@ def barrier(name: str, timeout_s: int = 1800):
   if jax.process_count() == 1:
     return
   from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+
   client = jax_distributed.global_state.client
   if client is not None:
     client.wait_at_barrier(name, timeout_s * 1000)

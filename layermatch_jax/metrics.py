@@ -29,12 +29,15 @@ def _finite_or_none(value):
 class MetricWriter:
   """Appends to metrics.jsonl and writes TensorBoard scalars `<split>/<name>`."""
 
-  def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
+  def __init__(
+    self, workdir: str, enabled: bool = True, tensorboard: bool = True
+  ):
     self.enabled = enabled
     self.path = os.path.join(workdir, METRICS_FILE)
     self._tb = None
     if enabled and tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+
       self._tb = SummaryWriter(logdir=workdir, flush_secs=30)
 
   def write(self, step: int, split: str, values: Dict[str, float]):
@@ -75,7 +78,11 @@ def read_metrics(workdir: str, split: Optional[str] = None) -> List[dict]:
     return []
   with open(path) as f:
     records = [_parse(line) for line in f if line.strip()]
-  return [r for r in records if r is not None and (split is None or r['split'] == split)]
+  return [
+    r
+    for r in records
+    if r is not None and (split is None or r['split'] == split)
+  ]
 
 
 def truncate_after(workdir: str, step: int):
@@ -88,8 +95,11 @@ def truncate_after(workdir: str, step: int):
     return
   with open(path) as f:
     lines = [line for line in f if line.strip()]
-  keep = [line for line in lines
-          if _parse(line) is not None and _parse(line)['step'] <= step]
+  keep = [
+    line
+    for line in lines
+    if _parse(line) is not None and _parse(line)['step'] <= step
+  ]
   if len(keep) == len(lines):
     return
   cli_util.write_text(path, ''.join(keep))
@@ -106,22 +116,31 @@ def mean_metrics(history: List[Dict[str, float]]) -> Dict[str, float]:
   return out
 
 
-def summarize(eval_records: List[dict], steps: int, wall_s: float, last: int = 20) -> dict:
+def summarize(
+  eval_records: List[dict], steps: int, wall_s: float, last: int = 20
+) -> dict:
   """summary.json: final, best and median-of-last-`last` eval accuracy."""
   top1 = [r['top1'] for r in eval_records]
   return dict(
-      final_top1=top1[-1] if top1 else None,
-      best_top1=max(top1) if top1 else None,
-      median_last_top1=float(np.median(top1[-last:])) if top1 else None,
-      num_evals=len(top1),
-      steps=int(steps),
-      wall_s=float(wall_s),
+    final_top1=top1[-1] if top1 else None,
+    best_top1=max(top1) if top1 else None,
+    median_last_top1=float(np.median(top1[-last:])) if top1 else None,
+    num_evals=len(top1),
+    steps=int(steps),
+    wall_s=float(wall_s),
   )
 
 
 # Per-step metrics that must stay finite, in the order a message names them.
-FINITE_KEYS = ('loss_sup', 'loss_unsup', 'loss_cluster', 'loss_fairness', 'loss',
-               'grad_norm/backbone', 'grad_norm/head')
+FINITE_KEYS = (
+  'loss_sup',
+  'loss_unsup',
+  'loss_cluster',
+  'loss_fairness',
+  'loss',
+  'grad_norm/backbone',
+  'grad_norm/head',
+)
 
 
 def first_non_finite(steps, history):
@@ -153,7 +172,9 @@ class MetricWindow:
 
   def fetch(self):
     """Fetches the pending metrics: (step, key, value) of the first non-finite one, or None."""
-    history = [{k: float(v) for k, v in self._to_host(m).items()} for m in self._pending]
+    history = [
+      {k: float(v) for k, v in self._to_host(m).items()} for m in self._pending
+    ]
     steps = range(self._next_step, self._next_step + len(history))
     self._pending, self._next_step = [], self._next_step + len(history)
     self._fetched.extend(history)
@@ -168,12 +189,12 @@ class MetricWindow:
 class Progress:
   """A line every log step; a one-line bar between them on a terminal."""
 
-  def __init__(self, total: int, start: int, enabled: bool = True):
-    self.total, self.start = total, start
+  def __init__(self, total: int, enabled: bool = True):
+    self.total = total
     self.enabled = enabled
     self.tty = enabled and sys.stdout.isatty()
     self.t0 = None  # Set after the first (compiling) step.
-    self.t0_step = start
+    self.t0_step = None
     self._last_bar = 0.0
 
   def after_step(self, step: int, step_metrics):
@@ -215,17 +236,22 @@ def format_eta(seconds: float) -> str:
 def train_line(step: int, total: int, m: Dict[str, float], eta: float) -> str:
   """The log step's progress line: losses, mask, pseudo-label accuracy, lr, speed, ETA."""
   nan = float('nan')
-  parts = [f'step {step}/{total}', f"loss {m.get('loss', nan):.4f}",
-           f"sup {m.get('loss_sup', nan):.4f}"]
+  parts = [
+    f'step {step}/{total}',
+    f'loss {m.get("loss", nan):.4f}',
+    f'sup {m.get("loss_sup", nan):.4f}',
+  ]
   for key, short in (('loss_unsup', 'unsup'), ('loss_cluster', 'cluster')):
     if key in m:
       parts.append(f'{short} {m[key]:.4f}')
   if 'mask_ratio' in m:
-    parts.append(f"mask {m['mask_ratio']:.3f}")
+    parts.append(f'mask {m["mask_ratio"]:.3f}')
   if 'pseudo_label_acc' in m:
-    parts.append(f"pl_acc {m['pseudo_label_acc']:.3f}")
-  parts.append(f"lr {m.get('lr', nan):.4g}")
+    parts.append(f'pl_acc {m["pseudo_label_acc"]:.3f}')
+  parts.append(f'lr {m.get("lr", nan):.4g}')
   img_per_s = m.get('img_per_sec', nan)
-  parts.append(f'{img_per_s:.0f} img/s' if np.isfinite(img_per_s) else '? img/s')
+  parts.append(
+    f'{img_per_s:.0f} img/s' if np.isfinite(img_per_s) else '? img/s'
+  )
   parts.append(f'ETA {format_eta(eta)}')
   return ' | '.join(parts)

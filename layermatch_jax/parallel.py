@@ -24,14 +24,21 @@ def _pmap_devices(devices):
   return None if jax.process_count() > 1 else devices
 
 
-def pmap(fn: Callable, devices: Optional[Sequence[jax.Device]] = None,
-         donate_state: bool = True) -> Callable:
+def pmap(
+  fn: Callable,
+  devices: Optional[Sequence[jax.Device]] = None,
+  donate_state: bool = True,
+) -> Callable:
   """Maps fn(state, batch, ...) over devices; the state's buffers are donated.
 
   After a donating call the old state is invalid: only use the returned one.
   """
-  return jax.pmap(fn, axis_name=AXIS, devices=_pmap_devices(devices),
-                  donate_argnums=(0,) if donate_state else ())
+  return jax.pmap(
+    fn,
+    axis_name=AXIS,
+    devices=_pmap_devices(devices),
+    donate_argnums=(0,) if donate_state else (),
+  )
 
 
 def replicate(tree, devices: Optional[Sequence[jax.Device]] = None):
@@ -42,8 +49,12 @@ def replicate(tree, devices: Optional[Sequence[jax.Device]] = None):
   Passing the copies through a pmapped identity gives them pmap's layout.
   """
   devices = list(devices or jax.local_devices())
-  stacked = jax.tree.map(lambda x: np.stack([np.asarray(x)] * len(devices)), tree)
-  return jax.pmap(lambda x: x, axis_name=AXIS, devices=_pmap_devices(devices))(stacked)
+  stacked = jax.tree.map(
+    lambda x: np.stack([np.asarray(x)] * len(devices)), tree
+  )
+  return jax.pmap(lambda x: x, axis_name=AXIS, devices=_pmap_devices(devices))(
+    stacked
+  )
 
 
 def unreplicate(tree):
@@ -52,20 +63,28 @@ def unreplicate(tree):
   Reads one shard only (flax's unreplicate returns a [1, ...] array when pmap
   runs on a subset of the devices).
   """
+
   def first(x):
     if isinstance(x, jax.Array):
       # A copy: on CPU np.asarray can alias the device buffer, which the next
       # donating step overwrites (a checkpoint written later would change).
-      return np.array(x.addressable_shards[0].data, copy=True).reshape(x.shape[1:])
+      return np.array(x.addressable_shards[0].data, copy=True).reshape(
+        x.shape[1:]
+      )
     return np.asarray(x)[0]
+
   return jax.tree.map(first, tree)
 
 
 def shard(tree, num_devices: int):
   """Reshapes host arrays [N, ...] to [num_devices, N / num_devices, ...]."""
+
   def reshape(x):
     x = np.asarray(x)
     if x.shape[0] % num_devices:
-      raise ValueError(f'batch of {x.shape[0]} does not split over {num_devices} devices')
+      raise ValueError(
+        f'batch of {x.shape[0]} does not split over {num_devices} devices'
+      )
     return x.reshape(num_devices, x.shape[0] // num_devices, *x.shape[1:])
+
   return jax.tree.map(reshape, tree)

@@ -48,10 +48,13 @@ class PredictError(ValueError):
 def _folder_images(folder: str) -> List[str]:
   # Imported on use: the folder loader pulls in absl, which a bundle need not.
   from layermatch_jax.data import folder as folder_lib  # pylint: disable=g-import-not-at-top
+
   files = folder_lib.image_files(folder)
   if not files:
-    raise PredictError(f'folder {folder} has no image files (by extension: '
-                       f'{", ".join(sorted(folder_lib.IMAGE_EXTENSIONS))})')
+    raise PredictError(
+      f'folder {folder} has no image files (by extension: '
+      f'{", ".join(sorted(folder_lib.IMAGE_EXTENSIONS))})'
+    )
   return files
 
 
@@ -70,6 +73,7 @@ def expand_inputs(args: Sequence[str]) -> List[str]:
   matches nothing and a folder without images are errors.
   """
   import glob  # pylint: disable=g-import-not-at-top
+
   paths, seen = [], set()
 
   def add(path):
@@ -107,6 +111,7 @@ def expand_inputs(args: Sequence[str]) -> List[str]:
 @dataclasses.dataclass(frozen=True)
 class Prediction:
   """One image's result; `top_k` is [(class name, probability)], best first."""
+
   path: str
   class_index: int
   class_name: str
@@ -127,7 +132,9 @@ def _padded(images: np.ndarray, size: int) -> np.ndarray:
   pad = size - len(images)
   if not pad:
     return images
-  return np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+  return np.concatenate(
+    [images, np.zeros((pad, *images.shape[1:]), images.dtype)]
+  )
 
 
 def _batch_shape(count: int, batch_size: int) -> int:
@@ -162,18 +169,32 @@ class ImageClassifier:
     return len(self.class_names)
 
   def _check_batch_size(self, batch_size):
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-      raise PredictError(f'batch_size={batch_size!r} is not valid: use a positive integer')
+    if (
+      isinstance(batch_size, bool)
+      or not isinstance(batch_size, int)
+      or batch_size < 1
+    ):
+      raise PredictError(
+        f'batch_size={batch_size!r} is not valid: use a positive integer'
+      )
 
   def _run(self, images: np.ndarray, size: int) -> np.ndarray:
     """Probabilities of `images` in batches of exactly `size` (the last padded)."""
     out = []
     for start in range(0, len(images), size):
-      x = images[start:start + size]
-      out.append(np.asarray(self._probabilities(_padded(x, size)), np.float32)[:len(x)])
-    return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
+      x = images[start : start + size]
+      out.append(
+        np.asarray(self._probabilities(_padded(x, size)), np.float32)[: len(x)]
+      )
+    return (
+      np.concatenate(out)
+      if out
+      else np.zeros((0, self.num_classes), np.float32)
+    )
 
-  def predict_arrays(self, images, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+  def predict_arrays(
+    self, images, batch_size: int = DEFAULT_BATCH_SIZE
+  ) -> np.ndarray:
     """Softmax probabilities float32 [N, K] of uint8 images [N, H, W, 3].
 
     The images must already be image_size square (decode_file or
@@ -182,32 +203,55 @@ class ImageClassifier:
     self._check_batch_size(batch_size)
     images = np.asarray(images)
     s = self.image_size
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (s, s, 3):
-      raise PredictError(f'images must be uint8 [N, {s}, {s}, 3], got {images.dtype} '
-                         f'{list(images.shape)}')
+    if (
+      images.dtype != np.uint8
+      or images.ndim != 4
+      or images.shape[1:] != (s, s, 3)
+    ):
+      raise PredictError(
+        f'images must be uint8 [N, {s}, {s}, 3], got {images.dtype} '
+        f'{list(images.shape)}'
+      )
     return self._run(images, _batch_shape(len(images), batch_size))
 
   def check_top_k(self, top_k: Optional[int]) -> int:
     """`top_k`, or the default min(3, classes); PredictError if out of range."""
     if top_k is None:
       return min(DEFAULT_TOP_K, self.num_classes)
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= self.num_classes:
-      raise PredictError(f'top_k={top_k!r} is not valid: use 1 to {self.num_classes} (the '
-                         'number of classes)')
+    if (
+      isinstance(top_k, bool)
+      or not isinstance(top_k, int)
+      or not 1 <= top_k <= self.num_classes
+    ):
+      raise PredictError(
+        f'top_k={top_k!r} is not valid: use 1 to {self.num_classes} (the '
+        'number of classes)'
+      )
     return top_k
 
-  def record(self, path: str, probabilities: np.ndarray, top_k: int) -> Prediction:
+  def record(
+    self, path: str, probabilities: np.ndarray, top_k: int
+  ) -> Prediction:
     p = np.asarray(probabilities, np.float32)
     # Stable: equal probabilities are listed in class order.
     order = np.argsort(-p, kind='stable')[:top_k]
     best = int(order[0])
-    return Prediction(path=path, class_index=best, class_name=self.class_names[best],
-                      confidence=float(p[best]),
-                      top_k=[(self.class_names[int(c)], float(p[c])) for c in order],
-                      probabilities=p)
+    return Prediction(
+      path=path,
+      class_index=best,
+      class_name=self.class_names[best],
+      confidence=float(p[best]),
+      top_k=[(self.class_names[int(c)], float(p[c])) for c in order],
+      probabilities=p,
+    )
 
-  def predict_files(self, paths: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE,
-                    skip_bad_files: bool = False, top_k: Optional[int] = None) -> Predictions:
+  def predict_files(
+    self,
+    paths: Sequence[str],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    skip_bad_files: bool = False,
+    top_k: Optional[int] = None,
+  ) -> Predictions:
     """Predictions for image files, in order (see expand_inputs for folders).
 
     An unreadable file raises PredictError naming it, or, with
@@ -221,7 +265,7 @@ class ImageClassifier:
     # Decoding releases the GIL in PIL: the next batch decodes while one runs.
     pool = sources.decode_pool()
     decode = functools.partial(_decode, size=self.image_size)
-    chunks = [paths[i:i + size] for i in range(0, len(paths), size)]
+    chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
     pending = [pool.map(decode, chunks[0])] if chunks else []
     for i, chunk in enumerate(chunks):
       decoded = list(pending.pop())
@@ -235,11 +279,15 @@ class ImageClassifier:
           result.skipped.append((path, why))
         else:
           _drain(pending)
-          raise PredictError(f'cannot read image {path} ({why}): remove it from the inputs, '
-                             'or skip unreadable files (--skip_bad_files)')
+          raise PredictError(
+            f'cannot read image {path} ({why}): remove it from the inputs, '
+            'or skip unreadable files (--skip_bad_files)'
+          )
       if good:
         probs = self._run(np.stack([image for _, image in good]), size)
-        result.extend(self.record(path, p, top_k) for (path, _), p in zip(good, probs))
+        result.extend(
+          self.record(path, p, top_k) for (path, _), p in zip(good, probs)
+        )
     return result
 
 
@@ -257,7 +305,10 @@ def probabilities(state, images, mean, std):
   """Softmax of the EMA model's logits: what tools/evaluate.py's argmax reads."""
   import jax  # pylint: disable=g-import-not-at-top
   from layermatch_jax import evaluation  # pylint: disable=g-import-not-at-top
-  return jax.nn.softmax(evaluation.predict(state, images, mean, std, use_ema=True), axis=-1)
+
+  return jax.nn.softmax(
+    evaluation.predict(state, images, mean, std, use_ema=True), axis=-1
+  )
 
 
 class Predictor(ImageClassifier):
@@ -266,10 +317,19 @@ class Predictor(ImageClassifier):
   Attributes: workdir, step, config, class_names, image_size, mean, std.
   """
 
-  def __init__(self, state, config, class_names: Sequence[str], mean, std,
-               workdir: Optional[str] = None, step: Optional[int] = None):
+  def __init__(
+    self,
+    state,
+    config,
+    class_names: Sequence[str],
+    mean,
+    std,
+    workdir: Optional[str] = None,
+    step: Optional[int] = None,
+  ):
     """`state`: an unreplicated TrainState (host or device arrays)."""
     import jax  # pylint: disable=g-import-not-at-top
+
     self.config = config
     self.workdir = workdir
     self.step = step
@@ -279,29 +339,49 @@ class Predictor(ImageClassifier):
     self.std = tuple(float(s) for s in std)
     # Only what inference reads: the optimizer state, live parameters, centres
     # and policy state would just take device memory.
-    slim = state.replace(step=None, params=None, opt_state=None, cluster=None, rng=None,
-                         policy=None)
+    slim = state.replace(
+      step=None,
+      params=None,
+      opt_state=None,
+      cluster=None,
+      rng=None,
+      policy=None,
+    )
     self._state = jax.device_put(slim, jax.local_devices()[0])
-    self._fn = jax.jit(functools.partial(probabilities, mean=self.mean, std=self.std))
+    self._fn = jax.jit(
+      functools.partial(probabilities, mean=self.mean, std=self.std)
+    )
 
   @classmethod
-  def from_workdir(cls, workdir: str, step: Optional[int] = None,
-                   notes: Optional[list] = None) -> 'Predictor':
+  def from_workdir(
+    cls, workdir: str, step: Optional[int] = None, notes: Optional[list] = None
+  ) -> 'Predictor':
     """The run's checkpoint at `step` (default the latest), read-only.
 
     The class names come from WORKDIR/data_summary.json; a run older than that
     file has its data source loaded for them (the data must then be there).
     """
     from layermatch_jax import saved_run  # pylint: disable=g-import-not-at-top
+
     try:
       config = saved_run.load_config(workdir, notes)
-      step = saved_run.resolve_step(workdir, step)  # A quick answer before JAX starts.
+      step = saved_run.resolve_step(
+        workdir, step
+      )  # A quick answer before JAX starts.
       run = saved_run.SavedRun(workdir, config=config, load_data=False)
       state, step = run.restore(step, replicate=False)
     except saved_run.RunError as e:
       raise PredictError(cli_util.one_line(e)) from e
     sc = run.learner.step_config
-    return cls(state, run.config, run.class_names, sc.mean, sc.std, workdir=workdir, step=step)
+    return cls(
+      state,
+      run.config,
+      run.class_names,
+      sc.mean,
+      sc.std,
+      workdir=workdir,
+      step=step,
+    )
 
   def _probabilities(self, images: np.ndarray) -> np.ndarray:
     return np.asarray(self._fn(self._state, images))
@@ -314,8 +394,12 @@ class Predictor(ImageClassifier):
     are their tree paths.
     """
     import jax  # pylint: disable=g-import-not-at-top
+
     # Named as Flax names the variables: the paths in model.json read as such.
-    tree = {'params': self._state.ema_params, 'batch_stats': self._state.batch_stats}
+    tree = {
+      'params': self._state.ema_params,
+      'batch_stats': self._state.batch_stats,
+    }
     leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
     names = [jax.tree_util.keystr(path) for path, _ in leaves]
     weights = [np.asarray(leaf) for _, leaf in leaves]
@@ -324,7 +408,9 @@ class Predictor(ImageClassifier):
 
     def fn(flat, images):
       tree = jax.tree.unflatten(treedef, flat)
-      state = skeleton.replace(ema_params=tree['params'], batch_stats=tree['batch_stats'])
+      state = skeleton.replace(
+        ema_params=tree['params'], batch_stats=tree['batch_stats']
+      )
       return probabilities(state, images, mean, std)
 
     return fn, weights, names

@@ -33,12 +33,19 @@ class StopRequest:
   def _handle(self, signum, frame):
     del frame
     if self.signum is not None:
-      print(f'\n{signal.Signals(signum).name} again: stopping now, without a checkpoint',
-            file=sys.stderr, flush=True)
+      print(
+        f'\n{signal.Signals(signum).name} again: stopping now, without a checkpoint',
+        file=sys.stderr,
+        flush=True,
+      )
       os._exit(128 + signum)  # pylint: disable=protected-access
     self.signum = signum
-    print(f'\n{signal.Signals(signum).name}: finishing this step and writing a checkpoint '
-          '(send it again to stop at once)', file=sys.stderr, flush=True)
+    print(
+      f'\n{signal.Signals(signum).name}: finishing this step and writing a checkpoint '
+      '(send it again to stop at once)',
+      file=sys.stderr,
+      flush=True,
+    )
 
   def __enter__(self):
     # Handlers can only be set from the main thread (a notebook's cell is; a
@@ -47,7 +54,10 @@ class StopRequest:
     # make it leave the others waiting in a collective).
     # A signal ignored on entry stays ignored (a shell starts background jobs with
     # SIGINT ignored so that Ctrl-C does not reach them).
-    if threading.current_thread() is threading.main_thread() and not self._multiprocess:
+    if (
+      threading.current_thread() is threading.main_thread()
+      and not self._multiprocess
+    ):
       for s in _SIGNALS:
         if signal.getsignal(s) is not signal.SIG_IGN:
           self._previous[s] = signal.signal(s, self._handle)
@@ -62,6 +72,7 @@ class StopRequest:
   def requested(self, step: int) -> bool:
     if self._multiprocess:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
       if multihost_utils.reached_preemption_sync_point(step):
         self.signum = self.signum or signal.SIGTERM
         return True

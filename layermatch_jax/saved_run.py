@@ -35,20 +35,31 @@ def load_config(workdir: str, notes: Optional[list] = None):
   Keys the run predates are taken from configs/default.py and named in `notes`.
   """
   if not os.path.isdir(workdir):
-    raise RunError(f'--workdir={workdir} is not a directory: give a training workdir')
+    raise RunError(
+      f'--workdir={workdir} is not a directory: give a training workdir'
+    )
   path = os.path.join(workdir, CONFIG_FILE)
-  raw = cli_util.read_json(path, RunError, missing='--workdir must be a workdir written by '
-                           'layermatch_jax.main')
+  raw = cli_util.read_json(
+    path,
+    RunError,
+    missing='--workdir must be a workdir written by layermatch_jax.main',
+  )
   if not isinstance(raw, dict):
-    raise RunError(f'{path} is not a config: a JSON object is expected, got {type(raw).__name__}')
+    raise RunError(
+      f'{path} is not a config: a JSON object is expected, got {type(raw).__name__}'
+    )
   import ml_collections  # pylint: disable=g-import-not-at-top
+
   config = ml_collections.ConfigDict(raw)
   cli_util.import_configs()  # An installed command runs outside the checkout.
   from configs import default  # pylint: disable=g-import-not-at-top
+
   added = fill_missing(config, default.get_config())
   if added and notes is not None:
     # A run saved before these keys existed; the code now reads them.
-    notes.append(f'note: {path} lacks {", ".join(added)}: using configs/default.py values')
+    notes.append(
+      f'note: {path} lacks {", ".join(added)}: using configs/default.py values'
+    )
   return config
 
 
@@ -64,24 +75,34 @@ def load_data_summary(workdir: str) -> Optional[dict]:
   summary = cli_util.read_json(path, RunError)
   is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
   names = summary.get('class_names') if isinstance(summary, dict) else None
-  if (not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names)
-      or not is_int(summary.get('image_size')) or summary['image_size'] <= 0
-      or not is_int(summary.get('unlabeled_pool_size')) or summary['unlabeled_pool_size'] < 0):
-    raise RunError(f'{path} is not a data summary: class_names (a list of names), image_size '
-                   'and unlabeled_pool_size are expected; delete it to read the data instead')
+  if (
+    not isinstance(names, list)
+    or not names
+    or not all(isinstance(n, str) for n in names)
+    or not is_int(summary.get('image_size'))
+    or summary['image_size'] <= 0
+    or not is_int(summary.get('unlabeled_pool_size'))
+    or summary['unlabeled_pool_size'] < 0
+  ):
+    raise RunError(
+      f'{path} is not a data summary: class_names (a list of names), image_size '
+      'and unlabeled_pool_size are expected; delete it to read the data instead'
+    )
   return summary
 
 
 def fill_missing(config, defaults, prefix='') -> list:
   """Adds keys of `defaults` that `config` lacks (in place); returns their names."""
   import ml_collections  # pylint: disable=g-import-not-at-top
+
   added = []
   for key, value in defaults.items():
     if key not in config:
       config[key] = value
       added.append(prefix + key)
     elif isinstance(value, ml_collections.ConfigDict) and isinstance(
-        config[key], ml_collections.ConfigDict):
+      config[key], ml_collections.ConfigDict
+    ):
       added += fill_missing(config[key], value, f'{prefix}{key}.')
   return added
 
@@ -97,25 +118,31 @@ def saved_steps(workdir: str) -> List[int]:
   if not os.path.isdir(ckpt_dir):
     raise RunError(f'no checkpoint in {workdir}: {ckpt_dir} does not exist')
   from layermatch_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+
   ckpt = checkpoint_lib.Checkpointer(ckpt_dir, async_save=False, read_only=True)
   try:
     steps = sorted(ckpt.all_steps())
   finally:
     ckpt.close()
   if not steps:
-    raise RunError(f'no checkpoint in {ckpt_dir}: train first, or give another --workdir')
+    raise RunError(
+      f'no checkpoint in {ckpt_dir}: train first, or give another --workdir'
+    )
   return steps
 
 
-def resolve_step(workdir: str, step: Optional[int] = None,
-                 steps: Optional[List[int]] = None) -> int:
+def resolve_step(
+  workdir: str, step: Optional[int] = None, steps: Optional[List[int]] = None
+) -> int:
   """`step` if WORKDIR has a checkpoint of it (None: the latest); RunError otherwise."""
   steps = saved_steps(workdir) if steps is None else steps
   if step is None:
     return steps[-1]
   if step not in steps:
-    raise RunError(f'--step={step} has no checkpoint in {checkpoint_dir(workdir)}: saved steps '
-                   f'are {", ".join(map(str, steps))}')
+    raise RunError(
+      f'--step={step} has no checkpoint in {checkpoint_dir(workdir)}: saved steps '
+      f'are {", ".join(map(str, steps))}'
+    )
   return step
 
 
@@ -127,8 +154,13 @@ class SavedRun:
     state, step = run.restore()            # latest; run.steps lists the saved ones
   """
 
-  def __init__(self, workdir: str, notes: Optional[list] = None, config=None,
-               load_data: bool = True):
+  def __init__(
+    self,
+    workdir: str,
+    notes: Optional[list] = None,
+    config=None,
+    load_data: bool = True,
+  ):
     """`config` (from load_config) saves reading it twice. The eval batch size is
     rounded up to a multiple of this host's device count (it changes no result).
 
@@ -145,15 +177,23 @@ class SavedRun:
     from layermatch_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
     from layermatch_jax import config_lib, data  # pylint: disable=g-import-not-at-top
     from layermatch_jax.learner import Learner  # pylint: disable=g-import-not-at-top
-    self._expected = (config_lib.ConfigError, data.DataError, checkpoint_lib.CheckpointError)
+
+    self._expected = (
+      config_lib.ConfigError,
+      data.DataError,
+      checkpoint_lib.CheckpointError,
+    )
     config = self.config
     try:
       config_lib.validate(config)
       if self.data_summary is None:
         self.source = data.load_source(config.data)
         split_file = data.split_path(workdir)
-        self.split = (data.load_split(split_file, self.source) if os.path.exists(split_file)
-                      else None)
+        self.split = (
+          data.load_split(split_file, self.source)
+          if os.path.exists(split_file)
+          else None
+        )
         self.class_names = list(self.source.class_names)
         image_shape = self.source.image_shape
         # The pool size shapes some pseudo-label policies' state (FlexMatch).
@@ -163,30 +203,42 @@ class SavedRun:
         self.class_names = list(self.data_summary['class_names'])
         size = self.data_summary['image_size']
         if size != config.data.image_size:
-          raise RunError(f'{os.path.join(workdir, DATA_SUMMARY_FILE)} has image_size {size} but '
-                         f'{os.path.join(workdir, CONFIG_FILE)} data.image_size='
-                         f'{config.data.image_size}: the workdir is inconsistent')
+          raise RunError(
+            f'{os.path.join(workdir, DATA_SUMMARY_FILE)} has image_size {size} but '
+            f'{os.path.join(workdir, CONFIG_FILE)} data.image_size='
+            f'{config.data.image_size}: the workdir is inconsistent'
+          )
         image_shape = (size, size, 3)  # Sources are always RGB.
         pool_size = self.data_summary['unlabeled_pool_size']
       self.image_shape = tuple(int(s) for s in image_shape)
-      self.learner = Learner(config, len(self.class_names), self.image_shape,
-                             unlabeled_pool_size=pool_size)
+      self.learner = Learner(
+        config,
+        len(self.class_names),
+        self.image_shape,
+        unlabeled_pool_size=pool_size,
+      )
     except self._expected as e:
       raise RunError(str(e)) from e
-    self._meta = checkpoint_lib.state_meta(config, len(self.class_names), self.image_shape)
+    self._meta = checkpoint_lib.state_meta(
+      config, len(self.class_names), self.image_shape
+    )
     # The structure restores fill: shapes and dtypes only (jax.eval_shape), since
     # compiling the initialisers costs seconds to minutes on a CPU.
     self._template = jax.eval_shape(self.learner.init_host_state)
 
-  def restore(self, step: Optional[int] = None, replicate: bool = True) -> Tuple[Any, int]:
+  def restore(
+    self, step: Optional[int] = None, replicate: bool = True
+  ) -> Tuple[Any, int]:
     """(train state replicated over the learner's devices, step); default the latest.
 
     `replicate=False`: the state as host (numpy) arrays, for one-device use.
     """
     step = resolve_step(self.workdir, step, self.steps)
     from layermatch_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-    ckpt = checkpoint_lib.Checkpointer(checkpoint_dir(self.workdir), async_save=False,
-                                       read_only=True)
+
+    ckpt = checkpoint_lib.Checkpointer(
+      checkpoint_dir(self.workdir), async_save=False, read_only=True
+    )
     try:
       host_state, _ = ckpt.restore(self._template, self._meta, step=step)
     except self._expected as e:
@@ -194,8 +246,12 @@ class SavedRun:
     except ValueError as e:
       # orbax's tree mismatch: the meta agrees but the state's structure does
       # not, i.e. the checkpoint was written by another version of the code.
-      raise RunError(f'checkpoint {checkpoint_dir(self.workdir)}/{step} does not fit the train '
-                     f'state this code builds (written by another version?): {e}') from e
+      raise RunError(
+        f'checkpoint {checkpoint_dir(self.workdir)}/{step} does not fit the train '
+        f'state this code builds (written by another version?): {e}'
+      ) from e
     finally:
       ckpt.close()
-    return (self.learner.replicate(host_state) if replicate else host_state), int(step)
+    return (
+      self.learner.replicate(host_state) if replicate else host_state
+    ), int(step)

@@ -20,6 +20,7 @@ class TrainState(train_state.TrainState):
   holds for `policy`, the pseudo-label policy's state (algorithms/policies.py:
   {} for FixMatch, recorded predictions or EMAs for the others).
   """
+
   batch_stats: Any
   ema_params: Any
   cluster: ClusterState
@@ -27,14 +28,22 @@ class TrainState(train_state.TrainState):
   policy: Any
 
 
-def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
-                       image_shape, num_classes: int, *, policy: str = 'fixed',
-                       unlabeled_pool_size: Optional[int] = None) -> TrainState:
+def create_train_state(
+  model,
+  tx: optax.GradientTransformation,
+  rng: jax.Array,
+  image_shape,
+  num_classes: int,
+  *,
+  policy: str = 'fixed',
+  unlabeled_pool_size: Optional[int] = None,
+) -> TrainState:
   """Initialises a model's variables (on the host's default device).
 
   `policy` names the pseudo-label policy whose state to create; FlexMatch needs
   `unlabeled_pool_size` (data.unlabeled_pool_size(source)).
   """
+
   def build(rng):
     init_rng, state_rng = jax.random.split(rng)
     # Evaluation-mode init: no cross-device axis is bound outside the step.
@@ -42,20 +51,22 @@ def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
     params = variables['params']
     feature_dim = params['head']['kernel'].shape[0]
     return TrainState.create(
-        apply_fn=model.apply,
-        params=params,
-        tx=tx,
-        batch_stats=variables['batch_stats'],
-        ema_params=jax.tree.map(jnp.copy, params),
-        cluster=ClusterState.create(num_classes, feature_dim),
-        rng=jax.random.key_data(state_rng),
-        policy=policies.init_state(policy, num_classes, unlabeled_pool_size),
+      apply_fn=model.apply,
+      params=params,
+      tx=tx,
+      batch_stats=variables['batch_stats'],
+      ema_params=jax.tree.map(jnp.copy, params),
+      cluster=ClusterState.create(num_classes, feature_dim),
+      rng=jax.random.key_data(state_rng),
+      policy=policies.init_state(policy, num_classes, unlabeled_pool_size),
     )
 
   # One compiled program: op by op, the optimizer's and EMA's leaves would each
   # compile a small kernel (about 35 of them, 20 s on a busy 2-core CPU).
   init = jax.jit(build)
-  if isinstance(rng, jax.core.Tracer):  # Traced, e.g. by jax.eval_shape: no compile.
+  if isinstance(
+    rng, jax.core.Tracer
+  ):  # Traced, e.g. by jax.eval_shape: no compile.
     return init(rng)
   return init.lower(rng).compile(_init_compiler_options())(rng)
 

@@ -24,19 +24,29 @@ centre statistics summed over it.
 """
 
 import dataclasses
-from typing import Any, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import optax
 
 from layermatch_jax import optim, views as views_lib
-from layermatch_jax.algorithms import avg_clustering, grad_relu, policies, presets
+from layermatch_jax.algorithms import (
+  avg_clustering,
+  grad_relu,
+  policies,
+  presets,
+)
 from layermatch_jax.models import Classifier
 from layermatch_jax.parallel import AXIS
 from layermatch_jax.state import TrainState
 
-TERMS = ('sup', 'unsup', 'cluster')  # Always present; see StepConfig.terms for the rest.
+TERMS = (
+  'sup',
+  'unsup',
+  'cluster',
+)  # Always present; see StepConfig.terms for the rest.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +57,7 @@ class StepConfig:
   holds the defaults). The step closes over it (functools.partial), so a new
   StepConfig means a new trace.
   """
+
   num_classes: int
   learning_rate: float
   total_steps: int
@@ -67,29 +78,38 @@ class StepConfig:
   flip: bool
   num_ops: int
   cutout_fraction: float
-  axis_name: Optional[str] = AXIS  # None: no device axis bound (a plain jit or call).
+  axis_name: Optional[str] = (
+    AXIS  # None: no device axis bound (a plain jit or call).
+  )
 
   @classmethod
   def from_config(cls, config, num_classes: int) -> 'StepConfig':
     knobs = presets.resolve(config)
     return cls(
-        num_classes=num_classes,
-        learning_rate=config.optim.learning_rate,
-        total_steps=config.num_train_steps,
-        pseudo_label=policies.PolicyConfig.from_config(config, presets.resolve_policy(config)),
-        center_momentum=config.layermatch.center_momentum,
-        temperature=config.layermatch.temperature,
-        ema_decay=config.optim.ema_decay,
-        ema_warmup=config.optim.ema_warmup,
-        mean=tuple(config.data.mean),
-        std=tuple(config.data.std),
-        pad_fraction=config.augment.pad_fraction,
-        flip=config.augment.flip,
-        num_ops=config.augment.num_ops,
-        cutout_fraction=config.augment.cutout_fraction,
-        head_grad_warmup_steps=max(1, round(
-            config.layermatch.head_grad_warmup_fraction * config.num_train_steps)),
-        **knobs)
+      num_classes=num_classes,
+      learning_rate=config.optim.learning_rate,
+      total_steps=config.num_train_steps,
+      pseudo_label=policies.PolicyConfig.from_config(
+        config, presets.resolve_policy(config)
+      ),
+      center_momentum=config.layermatch.center_momentum,
+      temperature=config.layermatch.temperature,
+      ema_decay=config.optim.ema_decay,
+      ema_warmup=config.optim.ema_warmup,
+      mean=tuple(config.data.mean),
+      std=tuple(config.data.std),
+      pad_fraction=config.augment.pad_fraction,
+      flip=config.augment.flip,
+      num_ops=config.augment.num_ops,
+      cutout_fraction=config.augment.cutout_fraction,
+      head_grad_warmup_steps=max(
+        1,
+        round(
+          config.layermatch.head_grad_warmup_fraction * config.num_train_steps
+        ),
+      ),
+      **knobs,
+    )
 
   @property
   def threshold(self) -> float:
@@ -98,8 +118,11 @@ class StepConfig:
   @property
   def terms(self) -> Tuple[str, ...]:
     """The loss terms of this step: TERMS, plus 'fairness' for FreeMatch."""
-    return TERMS + (('fairness',) if self.use_unlabeled and self.pseudo_label.has_fairness
-                    else ())
+    return TERMS + (
+      ('fairness',)
+      if self.use_unlabeled and self.pseudo_label.has_fairness
+      else ()
+    )
 
   @property
   def use_unlabeled(self) -> bool:
@@ -115,7 +138,9 @@ class StepConfig:
 
   def learning_rate_at(self, step):
     """The optimizer's learning rate at `step` (for the metrics)."""
-    return optim.fixmatch_cosine_schedule(self.learning_rate, self.total_steps)(step)
+    return optim.fixmatch_cosine_schedule(self.learning_rate, self.total_steps)(
+      step
+    )
 
 
 def _pmean(x, axis_name):
@@ -141,18 +166,24 @@ def loss_terms(params, state: TrainState, views, sc: StepConfig):
   aux['policy'] is the policy state after this step.
   """
   head = lambda head_params, z: state.apply_fn(
-      {'params': {'head': head_params}}, z, method=Classifier.classify)
+    {'params': {'head': head_params}}, z, method=Classifier.classify
+  )
   n_l = views['x_l'].shape[0]
   x = views['x_l']
   if sc.use_unlabeled:
     x = jnp.concatenate([views['x_l'], views['x_w'], views['x_s']])
   z, updates = state.apply_fn(
-      {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
-      mutable=['batch_stats'], method=Classifier.features)
+    {'params': params, 'batch_stats': state.batch_stats},
+    x,
+    train=True,
+    mutable=['batch_stats'],
+    method=Classifier.features,
+  )
 
   z_l = z[:n_l]
   loss_sup = optax.softmax_cross_entropy_with_integer_labels(
-      head(params['head'], z_l), views['y_l']).mean()
+    head(params['head'], z_l), views['y_l']
+  ).mean()
   aux = dict(batch_stats=updates['batch_stats'], z_l=jax.lax.stop_gradient(z_l))
   zero = jnp.zeros((), jnp.float32)
   loss_unsup = loss_cluster = loss_fairness = zero
@@ -163,41 +194,66 @@ def loss_terms(params, state: TrainState, views, sc: StepConfig):
     stopped_head = jax.lax.stop_gradient(params['head'])
     probs_w = jax.nn.softmax(head(stopped_head, jax.lax.stop_gradient(z_w)))
     probs_l = jax.nn.softmax(head(stopped_head, aux['z_l']))
-    sel = policies.select(state.policy,
-                          policies.PolicyInputs(probs_w, probs_l, views.get('idx_u')),
-                          sc.pseudo_label, sc.axis_name)
+    sel = policies.select(
+      state.policy,
+      policies.PolicyInputs(probs_w, probs_l, views.get('idx_u')),
+      sc.pseudo_label,
+      sc.axis_name,
+    )
     pseudo, mask = sel.labels, sel.weights
     # Grad-ReLU: the head sees the pseudo-label loss through W~ (alpha-scaled gradient).
-    logits_s = head(grad_relu.mask_head(params['head'], sc.head_grad_scales), z_s)
+    logits_s = head(
+      grad_relu.mask_head(params['head'], sc.head_grad_scales), z_s
+    )
     if sc.use_clustering:
       # The nearest centre's vote on the same weak view the pseudo-label came from.
-      centre_labels, has_centres = avg_clustering.nearest_centre(jax.lax.stop_gradient(z_w),
-                                                                 state.cluster)
+      centre_labels, has_centres = avg_clustering.nearest_centre(
+        jax.lax.stop_gradient(z_w), state.cluster
+      )
       agree = grad_relu.consensus_share(pseudo, centre_labels, has_centres)
       aux.update(agree=agree, has_centres=has_centres)
     if sc.head_grad_rule == 'consensus':
       # Where head and centre agree, the head learns from the pseudo-label in full.
-      logits_s = grad_relu.mix_per_sample(head(params['head'], z_s), logits_s, agree)
+      logits_s = grad_relu.mix_per_sample(
+        head(params['head'], z_s), logits_s, agree
+      )
     elif sc.head_grad_rule == 'warmup':
       share = grad_relu.warmup_share(state.step, sc.head_grad_warmup_steps)
-      logits_s = grad_relu.mix_per_sample(head(params['head'], z_s), logits_s,
-                                          jnp.full(pseudo.shape, share))
+      logits_s = grad_relu.mix_per_sample(
+        head(params['head'], z_s), logits_s, jnp.full(pseudo.shape, share)
+      )
     loss_unsup = jnp.mean(
-        mask * optax.softmax_cross_entropy_with_integer_labels(logits_s, pseudo))
+      mask * optax.softmax_cross_entropy_with_integer_labels(logits_s, pseudo)
+    )
     if sc.use_clustering:
-      loss_cluster = avg_clustering.cluster_loss(z_s, state.cluster, pseudo, mask,
-                                                 sc.temperature)
+      loss_cluster = avg_clustering.cluster_loss(
+        z_s, state.cluster, pseudo, mask, sc.temperature
+      )
     if 'fairness' in sc.terms:
-      loss_fairness = policies.freematch_fairness(sel.state, jax.nn.softmax(logits_s), mask,
-                                                  sc.axis_name)
-    aux.update(z_w=jax.lax.stop_gradient(z_w), probs_w=probs_w, pseudo=pseudo, mask=mask,
-               policy=sel.state, policy_metrics=sel.metrics)
+      loss_fairness = policies.freematch_fairness(
+        sel.state, jax.nn.softmax(logits_s), mask, sc.axis_name
+      )
+    aux.update(
+      z_w=jax.lax.stop_gradient(z_w),
+      probs_w=probs_w,
+      pseudo=pseudo,
+      mask=mask,
+      policy=sel.state,
+      policy_metrics=sel.metrics,
+    )
 
-  terms = dict(sup=loss_sup, unsup=sc.unsup_weight * loss_unsup,
-               cluster=sc.cluster_weight * loss_cluster)
+  terms = dict(
+    sup=loss_sup,
+    unsup=sc.unsup_weight * loss_unsup,
+    cluster=sc.cluster_weight * loss_cluster,
+  )
   if 'fairness' in sc.terms:
     terms['fairness'] = sc.pseudo_label.fairness_weight * loss_fairness
-  aux.update(loss_unsup=loss_unsup, loss_cluster=loss_cluster, loss_fairness=loss_fairness)
+  aux.update(
+    loss_unsup=loss_unsup,
+    loss_cluster=loss_cluster,
+    loss_fairness=loss_fairness,
+  )
   return terms, aux
 
 
@@ -212,20 +268,26 @@ def term_gradients(state: TrainState, views, sc: StepConfig):
   One forward pass and one backward pass per term, averaged over devices. Their
   sum is the step's gradient.
   """
-  terms, vjp_fn, aux = jax.vjp(lambda p: loss_terms(p, state, views, sc), state.params,
-                               has_aux=True)
+  terms, vjp_fn, aux = jax.vjp(
+    lambda p: loss_terms(p, state, views, sc), state.params, has_aux=True
+  )
   grads = {}
   for name in sc.terms:
-    cotangent = {k: jnp.ones_like(v) if k == name else jnp.zeros_like(v)
-                 for k, v in terms.items()}
+    cotangent = {
+      k: jnp.ones_like(v) if k == name else jnp.zeros_like(v)
+      for k, v in terms.items()
+    }
     grads[name] = _pmean(vjp_fn(cotangent)[0], sc.axis_name)
   return grads, terms, aux
 
 
 def _metrics(terms, aux, views, sc: StepConfig) -> Dict[str, jax.Array]:
   axis = sc.axis_name
-  m = dict(loss_sup=terms['sup'], loss_unsup=aux['loss_unsup'],
-           loss_cluster=aux['loss_cluster'])
+  m = dict(
+    loss_sup=terms['sup'],
+    loss_unsup=aux['loss_unsup'],
+    loss_cluster=aux['loss_cluster'],
+  )
   if 'fairness' in terms:
     m['loss_fairness'] = aux['loss_fairness']
   m['loss'] = sum(terms[name] for name in sc.terms)
@@ -234,20 +296,26 @@ def _metrics(terms, aux, views, sc: StepConfig) -> Dict[str, jax.Array]:
   m.update(aux['policy_metrics'])
   if sc.use_unlabeled:
     mask = aux['mask']
-    m['mask_ratio'] = _pmean(jnp.mean(mask), axis)  # SoftMatch: the mean weight.
+    m['mask_ratio'] = _pmean(
+      jnp.mean(mask), axis
+    )  # SoftMatch: the mean weight.
     y_u = views.get('y_u')
     if y_u is not None:
       known = (y_u >= 0).astype(jnp.float32)
       correct = (aux['pseudo'] == y_u).astype(jnp.float32) * known
       # Of all pseudo-labels, and of the confident ones that actually train.
       m['pseudo_label_acc'] = _ratio(correct.sum(), known.sum(), axis)
-      m['confident_pseudo_label_acc'] = _ratio((correct * mask).sum(),
-                                               (known * mask).sum(), axis)
+      m['confident_pseudo_label_acc'] = _ratio(
+        (correct * mask).sum(), (known * mask).sum(), axis
+      )
   if sc.use_unlabeled and sc.use_clustering:
     # Of the confident pseudo-labels, the share the nearest centre agrees with:
     # under head_grad_rule='consensus', the share whose head gradient passes.
-    m['centre_agreement'] = jnp.where(aux['has_centres'], _ratio(
-        (aux['agree'] * aux['mask']).sum(), aux['mask'].sum(), axis), jnp.nan)
+    m['centre_agreement'] = jnp.where(
+      aux['has_centres'],
+      _ratio((aux['agree'] * aux['mask']).sum(), aux['mask'].sum(), axis),
+      jnp.nan,
+    )
   return m
 
 
@@ -262,14 +330,28 @@ def ema_decay_at(step, sc: StepConfig):
   return jnp.minimum(sc.ema_decay, (1.0 + step) / (10.0 + step))
 
 
-def train_step(state: TrainState, views, sc: StepConfig,
-               grad_norms_by_term: bool = False) -> Tuple[TrainState, Dict[str, jax.Array]]:
+def _check_views(views, sc: StepConfig):
+  """Shapes at the step's boundary (checked once, when traced)."""
+  b = views['x_l'].shape[0]
+  chex.assert_rank(views['x_l'], 4)
+  chex.assert_shape(views['y_l'], (b,))
+  if sc.use_unlabeled:
+    chex.assert_equal_shape([views['x_w'], views['x_s']])
+    chex.assert_equal_shape_suffix([views['x_l'], views['x_w']], 3)
+
+
+def train_step(
+  state: TrainState, views, sc: StepConfig, grad_norms_by_term: bool = False
+) -> Tuple[TrainState, Dict[str, jax.Array]]:
   """One optimisation step on already augmented, normalised views."""
+  _check_views(views, sc)
   if grad_norms_by_term:
     term_grads, terms, aux = term_gradients(state, views, sc)
     grads = jax.tree.map(lambda *g: sum(g), *term_grads.values())
   else:
-    grads, (terms, aux) = jax.grad(total_loss, has_aux=True)(state.params, state, views, sc)
+    grads, (terms, aux) = jax.grad(total_loss, has_aux=True)(
+      state.params, state, views, sc
+    )
     grads = _pmean(grads, sc.axis_name)
 
   metrics = _metrics(terms, aux, views, sc)
@@ -281,12 +363,20 @@ def train_step(state: TrainState, views, sc: StepConfig,
     metrics[f'grad_norm/{subtree}'] = optax.tree.norm(grads[subtree])
     if grad_norms_by_term:
       for name in sc.terms:
-        metrics[f'grad_norm/{subtree}/{name}'] = optax.tree.norm(term_grads[name][subtree])
+        metrics[f'grad_norm/{subtree}/{name}'] = optax.tree.norm(
+          term_grads[name][subtree]
+        )
 
-  new_state = state.apply_gradients(grads=grads, batch_stats=aux['batch_stats'],
-                                    policy=aux['policy'])
-  new_state = new_state.replace(ema_params=optax.incremental_update(
-      new_state.params, state.ema_params, step_size=1.0 - ema_decay_at(state.step, sc)))
+  new_state = state.apply_gradients(
+    grads=grads, batch_stats=aux['batch_stats'], policy=aux['policy']
+  )
+  new_state = new_state.replace(
+    ema_params=optax.incremental_update(
+      new_state.params,
+      state.ema_params,
+      step_size=1.0 - ema_decay_at(state.step, sc),
+    )
+  )
 
   if sc.use_clustering:
     # Centres move by their EMA rule only, from this step's (stopped) features:
@@ -294,17 +384,26 @@ def train_step(state: TrainState, views, sc: StepConfig,
     # by the policy's m (a 0/1 mask, or SoftMatch's soft weights as given).
     feats = jnp.concatenate([aux['z_l'], aux['z_w']])
     labels = jnp.concatenate([views['y_l'], aux['pseudo']])
-    weights = jnp.concatenate([jnp.ones_like(views['y_l'], jnp.float32), aux['mask']])
-    sums, counts = avg_clustering.class_feature_sums(feats, labels, weights, sc.num_classes,
-                                                     sc.axis_name)
-    new_state = new_state.replace(cluster=avg_clustering.update_centers(
-        state.cluster, sums, counts, sc.center_momentum))
-    metrics['num_centers'] = jnp.sum(new_state.cluster.counts > 0).astype(jnp.float32)
+    weights = jnp.concatenate(
+      [jnp.ones_like(views['y_l'], jnp.float32), aux['mask']]
+    )
+    sums, counts = avg_clustering.class_feature_sums(
+      feats, labels, weights, sc.num_classes, sc.axis_name
+    )
+    new_state = new_state.replace(
+      cluster=avg_clustering.update_centers(
+        state.cluster, sums, counts, sc.center_momentum
+      )
+    )
+    metrics['num_centers'] = jnp.sum(new_state.cluster.counts > 0).astype(
+      jnp.float32
+    )
   return new_state, metrics
 
 
-def train_step_on_batch(state: TrainState, batch, sc: StepConfig,
-                        grad_norms_by_term: bool = False):
+def train_step_on_batch(
+  state: TrainState, batch, sc: StepConfig, grad_norms_by_term: bool = False
+):
   """Augments a uint8 host batch on device, then runs `train_step`.
 
   `batch`: labeled_image, labeled_label, unlabeled_image, unlabeled_label and

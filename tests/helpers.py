@@ -30,42 +30,72 @@ def tiny_config(algorithm='layermatch', **overrides):
   return config
 
 
-def random_batch(rng: np.random.Generator, config, num_classes, size=8, channels=3):
+def random_batch(
+  rng: np.random.Generator, config, num_classes, size=8, channels=3
+):
   b = config.batch_size
   u = b * config.uratio
   return dict(
-      labeled_image=rng.integers(0, 256, (b, size, size, channels), dtype=np.uint8),
-      labeled_label=rng.integers(0, num_classes, (b,)).astype(np.int32),
-      unlabeled_image=rng.integers(0, 256, (u, size, size, channels), dtype=np.uint8),
-      unlabeled_label=rng.integers(0, num_classes, (u,)).astype(np.int32),
+    labeled_image=rng.integers(
+      0, 256, (b, size, size, channels), dtype=np.uint8
+    ),
+    labeled_label=rng.integers(0, num_classes, (b,)).astype(np.int32),
+    unlabeled_image=rng.integers(
+      0, 256, (u, size, size, channels), dtype=np.uint8
+    ),
+    unlabeled_label=rng.integers(0, num_classes, (u,)).astype(np.int32),
   )
 
 
-def random_views(rng: np.random.Generator, config, num_classes, size=8, channels=3,
-                 pool_size=None):
+def random_views(
+  rng: np.random.Generator,
+  config,
+  num_classes,
+  size=8,
+  channels=3,
+  pool_size=None,
+):
   """Ready views; with `pool_size`, also idx_u (pool indices, repeats allowed) for FlexMatch."""
   b = config.batch_size
   u = b * config.uratio
   f = lambda n: rng.normal(size=(n, size, size, channels)).astype(np.float32)
-  views = dict(x_l=f(b), y_l=rng.integers(0, num_classes, (b,)).astype(np.int32),
-               x_w=f(u), x_s=f(u), y_u=rng.integers(0, num_classes, (u,)).astype(np.int32))
+  views = dict(
+    x_l=f(b),
+    y_l=rng.integers(0, num_classes, (b,)).astype(np.int32),
+    x_w=f(u),
+    x_s=f(u),
+    y_u=rng.integers(0, num_classes, (u,)).astype(np.int32),
+  )
   if pool_size is not None:
     views['idx_u'] = rng.integers(0, pool_size, (u,)).astype(np.int32)
   return views
 
 
-def run_on_devices(config, batches, num_devices, num_classes=4, pool_size=None,
-                   grad_norms_by_term=True):
+def run_on_devices(
+  config,
+  batches,
+  num_devices,
+  num_classes=4,
+  pool_size=None,
+  grad_norms_by_term=True,
+):
   """Trains on `batches` with the first `num_devices` local devices.
 
   Returns the host state and each step's metrics: the 1-vs-8-device tests run
   this twice on the same global batches.
   """
-  learner = Learner(config, num_classes, (8, 8, 3), devices=jax.local_devices()[:num_devices],
-                    unlabeled_pool_size=pool_size)
+  learner = Learner(
+    config,
+    num_classes,
+    (8, 8, 3),
+    devices=jax.local_devices()[:num_devices],
+    unlabeled_pool_size=pool_size,
+  )
   state = learner.init_state()
   history = []
   for batch in batches:
-    state, metrics = learner.step(state, batch, grad_norms_by_term=grad_norms_by_term)
+    state, metrics = learner.step(
+      state, batch, grad_norms_by_term=grad_norms_by_term
+    )
     history.append(metrics)
   return learner.host(state), history

@@ -1,17 +1,36 @@
 """Every config file loads, passes validation and documents its command."""
 
 import importlib
-import os
 
 import pytest
 
 from layermatch_jax import config_lib
 
-CONFIGS = ['default', 'cifar10', 'cifar100', 'stl10', 'imagenet100', 'folder', 'demo', 'cifar10_cpu']
-REQUIRED_KEYS = ['seed', 'algorithm', 'num_train_steps', 'eval_every_steps', 'log_every_steps',
-                 'checkpoint_every_steps', 'data.name', 'data.dir', 'data.num_labels',
-                 'layermatch.head_grad_scale', 'layermatch.cluster_weight',
-                 'layermatch.center_momentum', 'layermatch.temperature']
+CONFIGS = [
+  'default',
+  'cifar10',
+  'cifar100',
+  'stl10',
+  'imagenet100',
+  'folder',
+  'demo',
+  'cifar10_cpu',
+]
+REQUIRED_KEYS = [
+  'seed',
+  'algorithm',
+  'num_train_steps',
+  'eval_every_steps',
+  'log_every_steps',
+  'checkpoint_every_steps',
+  'data.name',
+  'data.dir',
+  'data.num_labels',
+  'layermatch.head_grad_scale',
+  'layermatch.cluster_weight',
+  'layermatch.center_momentum',
+  'layermatch.temperature',
+]
 
 
 @pytest.mark.parametrize('name', CONFIGS)
@@ -31,6 +50,7 @@ def test_config_loads_validates_and_documents_itself(name):
 
 def test_cifar100_wrn28_8_variant():
   from configs import cifar100
+
   assert cifar100.get_config().model.name == 'wrn28_2'
   assert cifar100.get_config('wrn28_8').model.name == 'wrn28_8'
   with pytest.raises(ValueError, match='use :wrn28_2 or :wrn28_8'):
@@ -39,23 +59,52 @@ def test_cifar100_wrn28_8_variant():
 
 def test_defaults_follow_the_classic_recipe():
   from configs import default
+
   c = default.get_config()
   assert (c.batch_size, c.uratio, c.num_train_steps) == (64, 7, 2**20)
-  assert (c.optim.learning_rate, c.optim.momentum, c.optim.nesterov) == (0.03, 0.9, True)
-  assert (c.pseudo_label.threshold, c.layermatch.center_momentum,
-          c.layermatch.temperature) == (0.95, 0.999, 0.1)
+  assert (c.optim.learning_rate, c.optim.momentum, c.optim.nesterov) == (
+    0.03,
+    0.9,
+    True,
+  )
+  assert (
+    c.pseudo_label.threshold,
+    c.layermatch.center_momentum,
+    c.layermatch.temperature,
+  ) == (0.95, 0.999, 0.1)
   assert c.optim.ema_decay == 0.999 and c.model.bn_momentum == 0.999
 
 
 def test_probe_settings_are_checked():
   from configs import default
   from layermatch_jax.config_lib import ConfigError
+
   c = default.get_config()
-  assert c.probe_every_steps == 0 and c.probe_max_train is None  # Off by default.
+  assert (
+    c.probe_every_steps == 0 and c.probe_max_train is None
+  )  # Off by default.
   c.probe_every_steps = -5
-  with pytest.raises(ConfigError, match=r'config.probe_every_steps=-5 is not valid'):
+  with pytest.raises(
+    ConfigError, match=r'config.probe_every_steps=-5 is not valid'
+  ):
     config_lib.validate(c)
   c = default.get_config()
   c.probe_max_train = 0
-  with pytest.raises(ConfigError, match=r'config.probe_max_train=0 is not valid'):
+  with pytest.raises(
+    ConfigError, match=r'config.probe_max_train=0 is not valid'
+  ):
     config_lib.validate(c)
+
+
+def test_policy_config_defaults_are_the_default_configs():
+  """PolicyConfig's field defaults (for direct construction) equal what
+  configs/default.py gives: configs/default.py stays the one source."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from layermatch_jax.algorithms import policies  # pylint: disable=g-import-not-at-top
+
+  config = default.get_config()
+  for name in policies.POLICIES:
+    from_config = policies.PolicyConfig.from_config(config, name)
+    # FreeMatch's fairness weight is the config's; the others have no term.
+    fairness = from_config.fairness_weight if name == 'freematch' else 0.0
+    assert from_config == policies.PolicyConfig(name, fairness_weight=fairness)

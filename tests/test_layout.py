@@ -26,7 +26,11 @@ def code_map():
 def package_modules():
   out = []
   for parent, _, files in os.walk(os.path.join(ROOT, PACKAGE)):
-    out += [os.path.relpath(os.path.join(parent, f), ROOT) for f in files if f.endswith('.py')]
+    out += [
+      os.path.relpath(os.path.join(parent, f), ROOT)
+      for f in files
+      if f.endswith('.py')
+    ]
   return sorted(out)
 
 
@@ -49,8 +53,12 @@ def imports_of(path: str) -> set:
       names = [a.name for a in node.names]
     elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
       # `from a.b import c`: c is a module (a/b/c.py) or a name in a.b.
-      names = [f'{node.module}.{a.name}' if _path_of(f'{node.module}.{a.name}')
-               else node.module for a in node.names]
+      names = [
+        f'{node.module}.{a.name}'
+        if _path_of(f'{node.module}.{a.name}')
+        else node.module
+        for a in node.names
+      ]
     else:
       continue
     found |= {_path_of(n) for n in names if n.split('.')[0] == PACKAGE}
@@ -59,17 +67,23 @@ def imports_of(path: str) -> set:
 
 def test_code_map_lists_every_module_once():
   listed = code_map()
-  assert len(listed) == len(set(listed)), [p for p in listed if listed.count(p) > 1]
+  assert len(listed) == len(set(listed)), [
+    p for p in listed if listed.count(p) > 1
+  ]
   assert sorted(listed) == package_modules(), (
-      f'missing from the code map: {sorted(set(package_modules()) - set(listed))}; '
-      f'listed but absent: {sorted(set(listed) - set(package_modules()))}')
+    f'missing from the code map: {sorted(set(package_modules()) - set(listed))}; '
+    f'listed but absent: {sorted(set(listed) - set(package_modules()))}'
+  )
 
 
 def test_imports_go_down_the_code_map():
   order = {path: i for i, path in enumerate(code_map())}
-  upward = [f'{path} imports {target}'
-            for path in order for target in sorted(imports_of(path))
-            if order[target] <= order[path]]
+  upward = [
+    f'{path} imports {target}'
+    for path in order
+    for target in sorted(imports_of(path))
+    if order[target] <= order[path]
+  ]
   assert not upward, upward
 
 
@@ -79,7 +93,9 @@ def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):
   fake.mkdir()
   (fake / '__init__.py').write_text('')
   (fake / 'top.py').write_text('from layermatch_jax import bottom\n')
-  (fake / 'bottom.py').write_text('def f():\n  from layermatch_jax import top\n')
+  (fake / 'bottom.py').write_text(
+    'def f():\n  from layermatch_jax import top\n'
+  )
   monkeypatch.setattr(sys.modules[__name__], 'ROOT', str(tmp_path))
   assert imports_of(f'{PACKAGE}/bottom.py') == {f'{PACKAGE}/top.py'}
   assert imports_of(f'{PACKAGE}/top.py') == {f'{PACKAGE}/bottom.py'}
@@ -91,12 +107,28 @@ def test_every_module_imports_in_a_fresh_interpreter():
   Modules that define absl flags (main.py, commands/benchmark.py) each get an
   interpreter of their own: two of them in one process define --config twice.
   """
-  names = [p[:-3].replace('/', '.').removesuffix('.__init__') for p in reversed(code_map())]
-  with_flags = [n for n in names if 'DEFINE_' in open(
-      os.path.join(ROOT, _path_of(n))).read()]
-  groups = [[n for n in names if n not in with_flags]] + [[n] for n in with_flags]
+  names = [
+    p[:-3].replace('/', '.').removesuffix('.__init__')
+    for p in reversed(code_map())
+  ]
+  with_flags = [
+    n
+    for n in names
+    if 'DEFINE_' in open(os.path.join(ROOT, _path_of(n))).read()
+  ]
+  groups = [[n for n in names if n not in with_flags]] + [
+    [n] for n in with_flags
+  ]
   for group in groups:
-    code = 'import importlib\nfor n in %r:\n  importlib.import_module(n)\n' % group
-    proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    code = (
+      'import importlib\nfor n in %r:\n  importlib.import_module(n)\n' % group
+    )
+    proc = subprocess.run(
+      [sys.executable, '-c', code],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'),
+    )
     assert proc.returncode == 0, (group, proc.stderr[-3000:])

@@ -14,7 +14,9 @@ def _shapes(name, num_classes, size, dtype='float32'):
   cfg = ml_collections.ConfigDict(dict(name=name, dtype=dtype))
   model = models.create_model(cfg, num_classes, axis_name=None)
   x = jnp.zeros((2, size, size, 3))
-  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+  variables = jax.eval_shape(
+    lambda: model.init(jax.random.key(0), x, train=False)
+  )
   out = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
   return variables, out
 
@@ -23,18 +25,23 @@ def _count(tree):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
-@pytest.mark.parametrize('name,num_classes,size,params,features', [
+@pytest.mark.parametrize(
+  'name,num_classes,size,params,features',
+  [
     # The reference counts of the SSL literature: 1.47M and 23.4M.
     ('wrn28_2', 10, 32, 1_467_610, 128),
     ('wrn28_8', 100, 32, 23_401_012, 512),
     ('wrn37_2', 10, 96, 5_929_434, 256),
     ('resnet50', 100, 64, 23_712_932, 2048),
-])
+  ],
+)
 def test_parameter_counts_and_shapes(name, num_classes, size, params, features):
   variables, (z, logits) = _shapes(name, num_classes, size)
   assert set(variables['params']) == {'backbone', 'head'}
   assert set(variables['params']['head']) == {'kernel', 'bias'}
-  chex.assert_shape(variables['params']['head']['kernel'], (features, num_classes))
+  chex.assert_shape(
+    variables['params']['head']['kernel'], (features, num_classes)
+  )
   assert _count(variables['params']) == params
   chex.assert_shape(z, (2, features))
   chex.assert_shape(logits, (2, num_classes))
@@ -47,21 +54,31 @@ def test_bfloat16_computes_in_bf16_with_float32_params():
   model = models.create_model(cfg, 10, axis_name=None)
   x = jax.random.uniform(jax.random.key(1), (4, 8, 8, 3))
   variables = model.init(jax.random.key(0), x, train=False)
-  assert {p.dtype for p in jax.tree.leaves(variables['params'])} == {jnp.dtype('float32')}
+  assert {p.dtype for p in jax.tree.leaves(variables['params'])} == {
+    jnp.dtype('float32')
+  }
   z, logits = model.apply(variables, x, train=False)
   assert z.dtype == jnp.float32 and logits.dtype == jnp.float32
   cfg32 = ml_collections.ConfigDict(dict(name='wrn10_1', dtype='float32'))
-  _, logits32 = models.create_model(cfg32, 10, axis_name=None).apply(variables, x, train=False)
+  _, logits32 = models.create_model(cfg32, 10, axis_name=None).apply(
+    variables, x, train=False
+  )
   # bf16 arithmetic: close to, but not the same as, float32.
   diff = float(jnp.max(jnp.abs(logits - logits32)))
   assert 0 < diff < 0.1 * float(jnp.max(jnp.abs(logits32))) + 1e-2
 
 
 def test_unknown_model_and_dtype_name_the_choices():
-  with pytest.raises(ValueError, match=r"model.name='wrn99' is not one of \[.*'wrn28_2'"):
-    models.create_model(ml_collections.ConfigDict(dict(name='wrn99', dtype='float32')), 10)
+  with pytest.raises(
+    ValueError, match=r"model.name='wrn99' is not one of \[.*'wrn28_2'"
+  ):
+    models.create_model(
+      ml_collections.ConfigDict(dict(name='wrn99', dtype='float32')), 10
+    )
   with pytest.raises(ValueError, match=r"model.dtype='fp8' is not one of"):
-    models.create_model(ml_collections.ConfigDict(dict(name='wrn28_2', dtype='fp8')), 10)
+    models.create_model(
+      ml_collections.ConfigDict(dict(name='wrn28_2', dtype='fp8')), 10
+    )
 
 
 def _excess_kurtosis(x):
@@ -72,7 +89,9 @@ def _excess_kurtosis(x):
 def test_head_initialisation_is_xavier_normal():
   cfg = ml_collections.ConfigDict(dict(name='wrn28_2', dtype='float32'))
   model = models.create_model(cfg, 10, axis_name=None)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+  variables = model.init(
+    jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False
+  )
   kernel = np.asarray(variables['params']['head']['kernel']).ravel()
   # Xavier normal: std = sqrt(2 / (fan_in + fan_out)) = sqrt(2 / 138) ...
   std = np.sqrt(2 / 138)
@@ -90,7 +109,9 @@ def test_head_initialisation_is_xavier_normal():
   # untruncated normal: 4.6% of the 9216 weights beyond 2 std, the largest near
   # 4 std (a truncated normal stops at 2.27, a uniform at 1.73), excess
   # kurtosis 0 (+-0.05).
-  conv = np.asarray(variables['params']['backbone']['group0_block0']['conv2']['kernel']).ravel()
+  conv = np.asarray(
+    variables['params']['backbone']['group0_block0']['conv2']['kernel']
+  ).ravel()
   std = np.sqrt(2 / (9 * 32))
   assert abs(conv.std() / std - 1) < 0.1
   assert 0.035 < np.mean(np.abs(conv) > 2 * std) < 0.057

@@ -11,9 +11,14 @@ import numpy as np
 
 from tests import cli
 
-ARGS = ('--config.num_train_steps=6', '--config.checkpoint_every_steps=3',
-        '--config.eval_every_steps=3', '--config.log_every_steps=1',
-        '--config.algorithm=layermatch', '--config.pseudo_label.threshold=0.3')
+ARGS = (
+  '--config.num_train_steps=6',
+  '--config.checkpoint_every_steps=3',
+  '--config.eval_every_steps=3',
+  '--config.log_every_steps=1',
+  '--config.algorithm=layermatch',
+  '--config.pseudo_label.threshold=0.3',
+)
 
 
 def _free_port() -> int:
@@ -29,7 +34,15 @@ def _records(workdir):
 
 def _why(stderr: str) -> str:
   """The lines of a crashed process's stderr that say why (its tail is a module list)."""
-  keys = ('Error', 'error', 'Fatal', 'Check failed', 'timed out', 'Timeout', 'abort')
+  keys = (
+    'Error',
+    'error',
+    'Fatal',
+    'Check failed',
+    'timed out',
+    'Timeout',
+    'abort',
+  )
   lines = [line for line in stderr.splitlines() if any(k in line for k in keys)]
   return '\n'.join(lines[-30:])[-3000:] or stderr[-3000:]
 
@@ -46,10 +59,21 @@ def test_two_processes_match_one_process_with_all_devices(tmp_path):
   procs = []
   for i, (out, err) in enumerate(logs):
     with open(out, 'w') as out_file, open(err, 'w') as err_file:
-      procs.append(subprocess.Popen(
-          cli.command(workdir, *ARGS, f'--coordinator_address={address}', '--num_processes=2',
-                      f'--process_id={i}'),
-          cwd=cli.ROOT, env=cli.env(devices=4), stdout=out_file, stderr=err_file))
+      procs.append(
+        subprocess.Popen(
+          cli.command(
+            workdir,
+            *ARGS,
+            f'--coordinator_address={address}',
+            '--num_processes=2',
+            f'--process_id={i}',
+          ),
+          cwd=cli.ROOT,
+          env=cli.env(devices=4),
+          stdout=out_file,
+          stderr=err_file,
+        )
+      )
   try:
     for p in procs:
       p.wait(timeout=600)
@@ -63,17 +87,30 @@ def test_two_processes_match_one_process_with_all_devices(tmp_path):
   # Only process 0 reports and writes the logs and summary.
   assert 'Done: final top1' in outs[0][0]
   # (gloo itself prints connection lines to stdout, from several threads at once.)
-  assert not any(word in outs[1][0] for word in ('step ', 'eval', 'Done', 'Resuming'))
+  assert not any(
+    word in outs[1][0] for word in ('step ', 'eval', 'Done', 'Resuming')
+  )
   assert json.loads((workdir / 'summary.json').read_text())['steps'] == 6
 
   # Lockstep with the 8-device run: the same losses, pseudo-label statistics
   # and evaluations at every step (global batch statistics, all 360 test images).
   multi, reference = _records(workdir), _records(tmp_path / 'single')
-  assert [(r['split'], r['step']) for r in multi] == [(r['split'], r['step']) for r in reference]
+  assert [(r['split'], r['step']) for r in multi] == [
+    (r['split'], r['step']) for r in reference
+  ]
   for a, b in zip(multi, reference):
-    for key in ('loss', 'loss_sup', 'loss_unsup', 'loss_cluster', 'mask_ratio', 'top1'):
+    for key in (
+      'loss',
+      'loss_sup',
+      'loss_unsup',
+      'loss_cluster',
+      'mask_ratio',
+      'top1',
+    ):
       if key in b and b[key] is not None:
-        np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5, err_msg=f'{a} vs {b}')
+        np.testing.assert_allclose(
+          a[key], b[key], rtol=1e-4, atol=1e-5, err_msg=f'{a} vs {b}'
+        )
   assert 'top1' in multi[-1] and any(r.get('mask_ratio') for r in multi)
 
   # The collectively written checkpoint equals the single-process one.

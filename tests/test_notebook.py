@@ -10,7 +10,7 @@ import os
 import re
 import sys
 
-import ipykernel  # pylint: disable=unused-import  (the kernel the notebook runs in)
+import ipykernel  # noqa: F401  # pylint: disable=unused-import  (the notebook's kernel)
 import nbclient
 import nbformat
 import pytest
@@ -19,11 +19,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, 'notebooks', 'grad_mask_ablation.ipynb')
 
 TINY = dict(
-    STEPS=4, EVAL_EVERY=2, ALPHAS=[0, 1], CLUSTER_WEIGHTS=[1.0], MASKS=False, GRAD_POINTS=2,
-    RULES=['consensus'],
-    IMAGE_SIZE=8, BATCH_SIZE=8, URATIO=2,
-    # Every pseudo-label passes, so alpha=1 must give the head a non-zero unsup gradient.
-    CONFIG_OVERRIDES={'pseudo_label.threshold': 0.0, 'augment.num_ops': 0})
+  STEPS=4,
+  EVAL_EVERY=2,
+  ALPHAS=[0, 1],
+  CLUSTER_WEIGHTS=[1.0],
+  MASKS=False,
+  GRAD_POINTS=2,
+  RULES=['consensus'],
+  IMAGE_SIZE=8,
+  BATCH_SIZE=8,
+  URATIO=2,
+  # Every pseudo-label passes, so alpha=1 must give the head a non-zero unsup gradient.
+  CONFIG_OVERRIDES={'pseudo_label.threshold': 0.0, 'augment.num_ops': 0},
+)
 
 
 def _outputs_text(nb):
@@ -40,18 +48,41 @@ def _outputs_text(nb):
 def test_notebook_runs_tiny_sweep(tmp_path, monkeypatch):
   kernels = tmp_path / 'jupyter' / 'kernels' / 'python3'
   kernels.mkdir(parents=True)
-  (kernels / 'kernel.json').write_text(json.dumps(dict(
-      argv=[sys.executable, '-m', 'ipykernel_launcher', '-f', '{connection_file}'],
-      display_name='Python 3 (test)', language='python')))
-  monkeypatch.setenv('JUPYTER_PATH', str(tmp_path / 'jupyter'))  # Searched first.
+  (kernels / 'kernel.json').write_text(
+    json.dumps(
+      dict(
+        argv=[
+          sys.executable,
+          '-m',
+          'ipykernel_launcher',
+          '-f',
+          '{connection_file}',
+        ],
+        display_name='Python 3 (test)',
+        language='python',
+      )
+    )
+  )
+  monkeypatch.setenv(
+    'JUPYTER_PATH', str(tmp_path / 'jupyter')
+  )  # Searched first.
   out_dir = tmp_path / 'out'
-  monkeypatch.setenv('LAYERMATCH_NOTEBOOK_PARAMS', json.dumps(dict(TINY, OUT_DIR=str(out_dir))))
+  monkeypatch.setenv(
+    'LAYERMATCH_NOTEBOOK_PARAMS', json.dumps(dict(TINY, OUT_DIR=str(out_dir)))
+  )
 
   nb = nbformat.read(NOTEBOOK, as_version=4)
   params = [c for c in nb.cells if 'parameters' in c.metadata.get('tags', [])]
-  assert len(params) == 1 and params[0] is [c for c in nb.cells if c.cell_type == 'code'][0]
-  client = nbclient.NotebookClient(nb, kernel_name='python3', timeout=300,
-                                   resources={'metadata': {'path': os.path.dirname(NOTEBOOK)}})
+  assert (
+    len(params) == 1
+    and params[0] is [c for c in nb.cells if c.cell_type == 'code'][0]
+  )
+  client = nbclient.NotebookClient(
+    nb,
+    kernel_name='python3',
+    timeout=300,
+    resources={'metadata': {'path': os.path.dirname(NOTEBOOK)}},
+  )
   client.execute()  # Raises CellExecutionError on any failing cell.
 
   text = _outputs_text(nb)
@@ -61,9 +92,14 @@ def test_notebook_runs_tiny_sweep(tmp_path, monkeypatch):
   assert results['python'] == sys.executable
   assert results['params']['STEPS'] == 4
   settings = results['settings']
-  assert [(s['head_grad_scale'], s['cluster_weight'], s['head_grad_rule']) for s in settings] == [
-      (0.0, 1.0, 'static'), (1.0, 1.0, 'static'), (0.0, 1.0, 'consensus')]
-  assert re.search(r'consensus clu=1 +final top1 [01]\.\d{3} .*centre agreement by step 2: ', text)
+  assert [
+    (s['head_grad_scale'], s['cluster_weight'], s['head_grad_rule'])
+    for s in settings
+  ] == [(0.0, 1.0, 'static'), (1.0, 1.0, 'static'), (0.0, 1.0, 'consensus')]
+  assert re.search(
+    r'consensus clu=1 +final top1 [01]\.\d{3} .*centre agreement by step 2: ',
+    text,
+  )
   assert os.path.isfile(out_dir / 'static_vs_consensus.png')
   for s in settings:
     assert [h['step'] for h in s['history']] == [2, 4]
@@ -73,7 +109,9 @@ def test_notebook_runs_tiny_sweep(tmp_path, monkeypatch):
       assert h['mask_ratio'] == 1.0  # Threshold 0.
     assert 0.0 <= s['final_top1'] <= s['best_top1'] <= 1.0
     assert sorted(s['grad_norms']) == ['0', '4']
-  by_alpha = {s['head_grad_scale']: s for s in settings if s['head_grad_rule'] == 'static'}
+  by_alpha = {
+    s['head_grad_scale']: s for s in settings if s['head_grad_rule'] == 'static'
+  }
   for step in ('0', '4'):
     g0 = by_alpha[0.0]['grad_norms'][step]
     g1 = by_alpha[1.0]['grad_norms'][step]
@@ -83,7 +121,9 @@ def test_notebook_runs_tiny_sweep(tmp_path, monkeypatch):
     assert g0['sup']['head/kernel'] > 0
     assert g0['unsup']['backbone/stem'] > 0
     # Avg-Clustering never reaches the head.
-    assert g0['cluster']['head/kernel'] == 0 and g1['cluster']['head/kernel'] == 0
+    assert (
+      g0['cluster']['head/kernel'] == 0 and g1['cluster']['head/kernel'] == 0
+    )
   # Same initial state and views: alpha does not change the backbone's gradient.
   b0, b1 = (by_alpha[a]['grad_norms']['0']['unsup'] for a in (0.0, 1.0))
   for layer in b0:

@@ -33,19 +33,33 @@ def _batches(seed=0):
   out = []
   for t in range(STEPS):
     scale = 0.5 + 6.0 * t / STEPS
-    bias = np.array([0.8, 0.0, -0.3, 0.2])  # Uneven classes: per-class statistics matter.
-    probs_w = _softmax(rng.normal(size=(BATCH, NUM_CLASSES)) * scale + bias).astype(np.float32)
-    probs_s = _softmax(rng.normal(size=(BATCH, NUM_CLASSES)) * scale).astype(np.float32)
-    probs_l = _softmax(rng.normal(size=(BATCH // 2, NUM_CLASSES)) * scale).astype(np.float32)
+    bias = np.array(
+      [0.8, 0.0, -0.3, 0.2]
+    )  # Uneven classes: per-class statistics matter.
+    probs_w = _softmax(
+      rng.normal(size=(BATCH, NUM_CLASSES)) * scale + bias
+    ).astype(np.float32)
+    probs_s = _softmax(rng.normal(size=(BATCH, NUM_CLASSES)) * scale).astype(
+      np.float32
+    )
+    probs_l = _softmax(
+      rng.normal(size=(BATCH // 2, NUM_CLASSES)) * scale
+    ).astype(np.float32)
     idx = rng.permutation(POOL)[:BATCH].astype(np.int32)
     out.append((probs_w, probs_s, probs_l, idx))
   return out
 
 
 def _select(state, pc, probs_w, probs_l=None, idx=None):
-  return policies.select(state, PolicyInputs(
-      jnp.asarray(probs_w), None if probs_l is None else jnp.asarray(probs_l),
-      None if idx is None else jnp.asarray(idx)), pc)
+  return policies.select(
+    state,
+    PolicyInputs(
+      jnp.asarray(probs_w),
+      None if probs_l is None else jnp.asarray(probs_l),
+      None if idx is None else jnp.asarray(idx),
+    ),
+    pc,
+  )
 
 
 # --- Ports of USB's hooks (one GPU, hard labels).
@@ -94,7 +108,9 @@ class USBFreeMatch:
     self.time_p = self.time_p * self.m + (1 - self.m) * max_probs.mean()
     self.p_model = self.p_model * self.m + (1 - self.m) * probs.mean(0)
     hist = np.bincount(max_idx, minlength=len(self.p_model)).astype(np.float64)
-    self.label_hist = self.label_hist * self.m + (1 - self.m) * hist / hist.sum()
+    self.label_hist = (
+      self.label_hist * self.m + (1 - self.m) * hist / hist.sum()
+    )
     mod = self.p_model / self.p_model.max()
     return (max_probs >= self.time_p * mod[max_idx]).astype(np.float64)
 
@@ -102,7 +118,9 @@ class USBFreeMatch:
     if mask.sum() == 0:
       return 0.0
     prob_s = probs_s[mask.astype(bool)]
-    hist_s = np.bincount(prob_s.argmax(-1), minlength=probs_s.shape[1]).astype(np.float64)
+    hist_s = np.bincount(prob_s.argmax(-1), minlength=probs_s.shape[1]).astype(
+      np.float64
+    )
     hist_s = hist_s / hist_s.sum()
     with np.errstate(divide='ignore'):
       scaler = 1.0 / self.label_hist
@@ -140,15 +158,23 @@ class USBSoftMatch:
 
   def masking(self, aligned):
     max_probs = aligned.max(-1)
-    self.prob_max_mu_t = self.m * self.prob_max_mu_t + (1 - self.m) * max_probs.mean()
-    self.prob_max_var_t = self.m * self.prob_max_var_t + (1 - self.m) * max_probs.var(ddof=1)
+    self.prob_max_mu_t = (
+      self.m * self.prob_max_mu_t + (1 - self.m) * max_probs.mean()
+    )
+    self.prob_max_var_t = self.m * self.prob_max_var_t + (
+      1 - self.m
+    ) * max_probs.var(ddof=1)
     below = np.minimum(max_probs - self.prob_max_mu_t, 0.0)
-    return np.exp(-below ** 2 / (2 * self.prob_max_var_t / self.n_sigma ** 2))
+    return np.exp(-(below**2) / (2 * self.prob_max_var_t / self.n_sigma**2))
 
 
 def _close(actual, expected, atol=1e-6):
-  np.testing.assert_allclose(np.asarray(actual, np.float64), np.asarray(expected, np.float64),
-                             rtol=1e-5, atol=atol)
+  np.testing.assert_allclose(
+    np.asarray(actual, np.float64),
+    np.asarray(expected, np.float64),
+    rtol=1e-5,
+    atol=atol,
+  )
 
 
 # --- Step-by-step regressions.
@@ -164,13 +190,21 @@ def test_flexmatch_matches_usb_hook_over_many_steps(warmup):
   for t, (probs_w, _, _, idx) in enumerate(_batches()):
     sel = _select(state, pc, probs_w, idx=idx)
     mask = usb.masking(probs_w.astype(np.float64), idx)
-    np.testing.assert_array_equal(sel.labels, probs_w.argmax(-1), err_msg=f'step {t}')
+    np.testing.assert_array_equal(
+      sel.labels, probs_w.argmax(-1), err_msg=f'step {t}'
+    )
     np.testing.assert_array_equal(sel.weights, mask, err_msg=f'step {t}')
-    np.testing.assert_array_equal(sel.state['selected'], usb.selected_label, err_msg=f'step {t}')
+    np.testing.assert_array_equal(
+      sel.state['selected'], usb.selected_label, err_msg=f'step {t}'
+    )
     # The thresholds the next step uses.
     acc = usb.classwise_acc
-    _close(policies.flexmatch_thresholds(sel.state['selected'], NUM_CLASSES, tau, warmup),
-           tau * acc / (2 - acc))
+    _close(
+      policies.flexmatch_thresholds(
+        sel.state['selected'], NUM_CLASSES, tau, warmup
+      ),
+      tau * acc / (2 - acc),
+    )
     state, passed = sel.state, passed + int(mask.sum())
     used.append(int(np.sum(usb.selected_label >= 0)))
   # Not a vacuous run: many samples passed, and the warm-up phase (part of the
@@ -192,31 +226,45 @@ def test_freematch_matches_usb_hook_over_many_steps():
     _close(sel.state['tau'], usb.time_p)
     _close(sel.state['p_model'], usb.p_model)
     _close(sel.state['hist'], usb.label_hist)
-    loss = policies.freematch_fairness(sel.state, jnp.asarray(probs_s), sel.weights)
+    loss = policies.freematch_fairness(
+      sel.state, jnp.asarray(probs_s), sel.weights
+    )
     _close(loss, usb.entropy_loss(mask, probs_s.astype(np.float64)), atol=1e-5)
     state = sel.state
     kept.append(mask.mean())
   assert 0.1 < np.mean(kept) < 0.95  # Thresholds that select some, not all.
 
 
-@pytest.mark.parametrize('alignment,p_target_type', [('uniform', 'uniform'),
-                                                     ('labeled', 'model')])
+@pytest.mark.parametrize(
+  'alignment,p_target_type', [('uniform', 'uniform'), ('labeled', 'model')]
+)
 def test_softmatch_matches_usb_hooks_over_many_steps(alignment, p_target_type):
   m = 0.9
-  pc = PolicyConfig('softmatch', softmatch_momentum=m, softmatch_n_sigma=2.0,
-                    softmatch_alignment=alignment)
+  pc = PolicyConfig(
+    'softmatch',
+    softmatch_momentum=m,
+    softmatch_n_sigma=2.0,
+    softmatch_alignment=alignment,
+  )
   usb = USBSoftMatch(NUM_CLASSES, m, n_sigma=2, p_target_type=p_target_type)
   state = policies.init_state('softmatch', NUM_CLASSES)
   for t, (probs_w, _, probs_l, _) in enumerate(_batches(2)):
     sel = _select(state, pc, probs_w, probs_l=probs_l)
-    aligned = usb.dist_align(probs_w.astype(np.float64), probs_l.astype(np.float64))
+    aligned = usb.dist_align(
+      probs_w.astype(np.float64), probs_l.astype(np.float64)
+    )
     mask = usb.masking(aligned)
     # Pseudo-labels from the un-aligned probabilities (USB's gen_ulb_targets on logits).
-    np.testing.assert_array_equal(sel.labels, probs_w.argmax(-1), err_msg=f'step {t}')
+    np.testing.assert_array_equal(
+      sel.labels, probs_w.argmax(-1), err_msg=f'step {t}'
+    )
     _close(sel.weights, mask, atol=1e-5)
     _close(sel.state['p_model'], usb.p_model)
     _close(sel.state['p_target'], usb.p_target)
-    _close([sel.state['mu'], sel.state['var']], [usb.prob_max_mu_t, usb.prob_max_var_t])
+    _close(
+      [sel.state['mu'], sel.state['var']],
+      [usb.prob_max_mu_t, usb.prob_max_var_t],
+    )
     state = sel.state
 
 
@@ -224,7 +272,9 @@ def test_fixmatch_matches_usb_fixed_threshold():
   for probs_w, _, _, _ in _batches(3):
     sel = _select({}, PolicyConfig('fixed', threshold=0.9), probs_w)
     # FixedThresholdingHook: mask = max_probs >= p_cutoff.
-    np.testing.assert_array_equal(sel.weights, (probs_w.max(-1) >= 0.9).astype(np.float32))
+    np.testing.assert_array_equal(
+      sel.weights, (probs_w.max(-1) >= 0.9).astype(np.float32)
+    )
     np.testing.assert_array_equal(sel.labels, probs_w.argmax(-1))
 
 
@@ -240,23 +290,41 @@ def test_flexmatch_thresholds_come_from_before_this_batch():
   batch been recorded first: sigma = (3, 3, 0), unused = 4, beta = (3/4, 3/4,
   0), M = (3/5, 3/5, 0), T = (0.54, 0.54, 0): masks (1, 1, 0, 0).
   """
-  state = dict(selected=jnp.asarray([0, 0, 0, 1, -1, -1, -1, -1, -1, -1], jnp.int32))
-  probs = np.array([[0.05, 0.92, 0.03], [0.03, 0.95, 0.02], [0.3, 0.5, 0.2],
-                    [0.4, 0.35, 0.25]], np.float32)
+  state = dict(
+    selected=jnp.asarray([0, 0, 0, 1, -1, -1, -1, -1, -1, -1], jnp.int32)
+  )
+  probs = np.array(
+    [
+      [0.05, 0.92, 0.03],
+      [0.03, 0.95, 0.02],
+      [0.3, 0.5, 0.2],
+      [0.4, 0.35, 0.25],
+    ],
+    np.float32,
+  )
   idx = np.array([5, 6, 7, 8], np.int32)
   pc = PolicyConfig('flexmatch', threshold=0.9)
-  _close(policies.flexmatch_thresholds(state['selected'], 3, 0.9), [0.3, 0.9 / 11, 0.0])
+  _close(
+    policies.flexmatch_thresholds(state['selected'], 3, 0.9),
+    [0.3, 0.9 / 11, 0.0],
+  )
   sel = _select(state, pc, probs, idx=idx)
   np.testing.assert_array_equal(sel.labels, [1, 1, 1, 0])
   np.testing.assert_array_equal(sel.weights, [1, 1, 1, 1])
-  np.testing.assert_array_equal(sel.state['selected'], [0, 0, 0, 1, -1, 1, 1, -1, -1, -1])
+  np.testing.assert_array_equal(
+    sel.state['selected'], [0, 0, 0, 1, -1, 1, 1, -1, -1, -1]
+  )
   after = policies.flexmatch_thresholds(sel.state['selected'], 3, 0.9)
   _close(after, [0.54, 0.54, 0.0])
   # The other order would have left the last two samples out.
-  np.testing.assert_array_equal(probs.max(-1) >= np.asarray(after)[probs.argmax(-1)],
-                                [True, True, False, False])
+  np.testing.assert_array_equal(
+    probs.max(-1) >= np.asarray(after)[probs.argmax(-1)],
+    [True, True, False, False],
+  )
   # USB's hook agrees: it records after computing the mask.
   usb = USBFlexMatch(10, 3, 0.9)
   usb.selected_label[:4] = [0, 0, 0, 1]
   usb.update()
-  np.testing.assert_array_equal(usb.masking(probs.astype(np.float64), idx), [1, 1, 1, 1])
+  np.testing.assert_array_equal(
+    usb.masking(probs.astype(np.float64), idx), [1, 1, 1, 1]
+  )

@@ -43,8 +43,12 @@ def _wait_for_step(proc, step, total):
 
 def test_sigterm_checkpoints_exits_and_resumes(tmp_path):
   workdir = tmp_path / 'run'
-  args = ('--config.num_train_steps=40', '--config.log_every_steps=1',
-          '--config.checkpoint_every_steps=1000', '--config.eval_every_steps=1000')
+  args = (
+    '--config.num_train_steps=40',
+    '--config.log_every_steps=1',
+    '--config.checkpoint_every_steps=1000',
+    '--config.eval_every_steps=1000',
+  )
   with open(tmp_path / 'stderr.txt', 'w') as err:
     proc = cli.start(workdir, *args, stderr=err)
     seen, _ = _wait_for_step(proc, 3, 40)
@@ -53,8 +57,11 @@ def test_sigterm_checkpoints_exits_and_resumes(tmp_path):
     out = proc.stdout.read()
     proc.wait(timeout=300)
   assert proc.returncode == 128 + signal.SIGTERM
-  m = re.search(r'Stopped by SIGTERM after step (\d+): checkpoint (\S+) written\. '
-                r'Run the same command again to resume\.', out)
+  m = re.search(
+    r'Stopped by SIGTERM after step (\d+): checkpoint (\S+) written\. '
+    r'Run the same command again to resume\.',
+    out,
+  )
   assert m, out[-2000:]
   stopped = int(m.group(1))
   assert seen <= stopped < 40
@@ -93,7 +100,9 @@ def test_second_signal_stops_at_once(monkeypatch, sigint_handler):
 
 
 def test_an_ignored_signal_stays_ignored(sigint_handler):
-  signal.signal(signal.SIGINT, signal.SIG_IGN)  # As in a shell's background job.
+  signal.signal(
+    signal.SIGINT, signal.SIG_IGN
+  )  # As in a shell's background job.
   with preemption.StopRequest() as stop:
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     os.kill(os.getpid(), signal.SIGINT)
@@ -103,8 +112,12 @@ def test_an_ignored_signal_stays_ignored(sigint_handler):
 
 def test_kill_9_at_random_points_then_resume_is_bit_exact(tmp_path):
   total = 24
-  args = (f'--config.num_train_steps={total}', '--config.log_every_steps=1',
-          '--config.checkpoint_every_steps=2', '--config.eval_every_steps=12')
+  args = (
+    f'--config.num_train_steps={total}',
+    '--config.log_every_steps=1',
+    '--config.checkpoint_every_steps=2',
+    '--config.eval_every_steps=12',
+  )
   reference = cli.run(tmp_path / 'reference', *args)
   assert reference.returncode == 0, reference.stderr[-2000:]
 
@@ -131,15 +144,20 @@ def test_kill_9_at_random_points_then_resume_is_bit_exact(tmp_path):
   assert step == total
   _assert_states_equal(killed_state, reference_state)
   assert killed_data == reference_data or (
-      killed_data['iterator'] == reference_data['iterator'])
+    killed_data['iterator'] == reference_data['iterator']
+  )
   # The log reads as one run: every step once, in order.
   assert _train_steps(workdir) == list(range(1, total + 1)), kills
   assert len([k for k in kills if k[1] is not None]) >= 2, kills
 
 
 def _damage(path, how):
-  data_files = [os.path.join(root, f) for root, _, files in os.walk(path) for f in files
-                if os.sep + 'd' + os.sep in os.path.join(root, f)]
+  data_files = [
+    os.path.join(root, f)
+    for root, _, files in os.walk(path)
+    for f in files
+    if os.sep + 'd' + os.sep in os.path.join(root, f)
+  ]
   biggest = max(data_files, key=os.path.getsize)
   if how == 'truncate':
     with open(biggest, 'r+b') as f:
@@ -147,25 +165,40 @@ def _damage(path, how):
   else:  # Flip bytes in place: orbax alone reads this back without an error.
     raw = bytearray(open(biggest, 'rb').read())
     middle = len(raw) // 2
-    raw[middle:middle + 64] = bytes(b ^ 0xFF for b in raw[middle:middle + 64])
+    raw[middle : middle + 64] = bytes(
+      b ^ 0xFF for b in raw[middle : middle + 64]
+    )
     with open(biggest, 'wb') as f:
       f.write(raw)
 
 
 @pytest.mark.parametrize('how', ['truncate', 'flip'])
-def test_damaged_newest_checkpoint_is_set_aside_and_previous_used(tmp_path, how):
+def test_damaged_newest_checkpoint_is_set_aside_and_previous_used(
+  tmp_path, how
+):
   workdir = tmp_path / 'run'
-  args = ('--config.log_every_steps=2', '--config.checkpoint_every_steps=4',
-          '--config.eval_every_steps=100')
+  args = (
+    '--config.log_every_steps=2',
+    '--config.checkpoint_every_steps=4',
+    '--config.eval_every_steps=100',
+  )
   first = cli.run(workdir, '--config.num_train_steps=8', *args)
   assert first.returncode == 0, first.stderr[-2000:]
   _damage(workdir / 'checkpoints' / '8', how)
 
   again = cli.run(workdir, '--config.num_train_steps=10', *args)
   assert again.returncode == 0, again.stderr[-2000:]
-  warning = [line for line in again.stderr.splitlines() if line.startswith('warning: ')]
-  assert len(warning) == 1 and f'checkpoint {workdir}/checkpoints/8' in warning[0], again.stderr
-  assert ('damaged' in warning[0]) if how == 'flip' else ('cannot be read' in warning[0])
+  warning = [
+    line for line in again.stderr.splitlines() if line.startswith('warning: ')
+  ]
+  assert (
+    len(warning) == 1 and f'checkpoint {workdir}/checkpoints/8' in warning[0]
+  ), again.stderr
+  assert (
+    ('damaged' in warning[0])
+    if how == 'flip'
+    else ('cannot be read' in warning[0])
+  )
   assert f'Resuming from {workdir}/checkpoints/4' in again.stdout
   assert os.path.isdir(workdir / 'checkpoints.unreadable' / '8')
   assert sorted(map(int, os.listdir(workdir / 'checkpoints'))) == [4, 8, 10]
@@ -173,14 +206,20 @@ def test_damaged_newest_checkpoint_is_set_aside_and_previous_used(tmp_path, how)
 
 def test_all_checkpoints_unreadable_is_an_error_and_moves_nothing(tmp_path):
   workdir = tmp_path / 'run'
-  args = ('--config.log_every_steps=2', '--config.checkpoint_every_steps=4',
-          '--config.eval_every_steps=100', '--config.num_train_steps=4')
+  args = (
+    '--config.log_every_steps=2',
+    '--config.checkpoint_every_steps=4',
+    '--config.eval_every_steps=100',
+    '--config.num_train_steps=4',
+  )
   assert cli.run(workdir, *args).returncode == 0
   _damage(workdir / 'checkpoints' / '4', 'truncate')
   again = cli.run(workdir, *args)
   assert again.returncode == 2
   line = cli.error_line(again)
-  assert re.match(r'error: checkpoint \S+/checkpoints/4 cannot be read', line), line
+  assert re.match(
+    r'error: checkpoint \S+/checkpoints/4 cannot be read', line
+  ), line
   assert 'no older step can be read either' in line
   assert os.listdir(workdir / 'checkpoints') == ['4']
   assert not os.path.exists(workdir / 'checkpoints.unreadable')
@@ -188,13 +227,21 @@ def test_all_checkpoints_unreadable_is_an_error_and_moves_nothing(tmp_path):
 
 def test_non_finite_loss_stops_without_a_poisoned_checkpoint(tmp_path):
   workdir = tmp_path / 'run'
-  proc = cli.run(workdir, '--config.num_train_steps=20', '--config.log_every_steps=5',
-                 '--config.checkpoint_every_steps=1', '--config.eval_every_steps=100',
-                 '--config.optim.learning_rate=1e30')
+  proc = cli.run(
+    workdir,
+    '--config.num_train_steps=20',
+    '--config.log_every_steps=5',
+    '--config.checkpoint_every_steps=1',
+    '--config.eval_every_steps=100',
+    '--config.optim.learning_rate=1e30',
+  )
   assert proc.returncode == 2, proc.stderr[-2000:]
   line = cli.error_line(proc)
-  m = re.match(r'error: (loss_sup|loss_unsup|loss_cluster|loss|grad_norm/\w+) is '
-               r'(nan|inf|-inf) at step (\d+); stopped without writing a checkpoint', line)
+  m = re.match(
+    r'error: (loss_sup|loss_unsup|loss_cluster|loss|grad_norm/\w+) is '
+    r'(nan|inf|-inf) at step (\d+); stopped without writing a checkpoint',
+    line,
+  )
   assert m, line
   bad_step = int(m.group(3))
   steps = sorted(map(int, os.listdir(workdir / 'checkpoints')))
@@ -206,11 +253,17 @@ def test_non_finite_loss_stops_without_a_poisoned_checkpoint(tmp_path):
 
 def test_changed_batch_size_on_resume_is_refused(tmp_path):
   workdir = tmp_path / 'run'
-  args = ('--config.num_train_steps=2', '--config.checkpoint_every_steps=2',
-          '--config.eval_every_steps=100', '--config.log_every_steps=1')
+  args = (
+    '--config.num_train_steps=2',
+    '--config.checkpoint_every_steps=2',
+    '--config.eval_every_steps=100',
+    '--config.log_every_steps=1',
+  )
   assert cli.run(workdir, *args).returncode == 0
   before = sorted(os.listdir(workdir / 'checkpoints'))
-  again = cli.run(workdir, *args[1:], '--config.num_train_steps=4', '--config.batch_size=16')
+  again = cli.run(
+    workdir, *args[1:], '--config.num_train_steps=4', '--config.batch_size=16'
+  )
   assert again.returncode == 2
   assert "'batch_size': (8, 16)" in cli.error_line(again), cli.error_line(again)
   assert sorted(os.listdir(workdir / 'checkpoints')) == before
@@ -218,13 +271,18 @@ def test_changed_batch_size_on_resume_is_refused(tmp_path):
 
 def test_digest_catches_damage_orbax_reads_silently(tmp_path):
   state = {'w': np.arange(4096, dtype=np.float32), 'step': np.int32(3)}
-  ckpt = checkpoint.Checkpointer(str(tmp_path / 'checkpoints'), async_save=False)
+  ckpt = checkpoint.Checkpointer(
+    str(tmp_path / 'checkpoints'), async_save=False
+  )
   ckpt.save(3, state, {'iterator': {'next_index': 3}}, {'model': 'x'})
   ckpt.close()
-  restored, data_state = checkpoint.Checkpointer(str(tmp_path / 'checkpoints')).restore(
-      state, {'model': 'x'})
+  restored, data_state = checkpoint.Checkpointer(
+    str(tmp_path / 'checkpoints')
+  ).restore(state, {'model': 'x'})
   np.testing.assert_array_equal(restored['w'], state['w'])
   assert data_state == {'iterator': {'next_index': 3}}
   _damage(tmp_path / 'checkpoints' / '3', 'flip')
   with pytest.raises(checkpoint.UnreadableCheckpoint):
-    checkpoint.Checkpointer(str(tmp_path / 'checkpoints')).restore(state, {'model': 'x'})
+    checkpoint.Checkpointer(str(tmp_path / 'checkpoints')).restore(
+      state, {'model': 'x'}
+    )

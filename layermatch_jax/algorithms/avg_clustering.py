@@ -18,27 +18,35 @@ import optax
 @flax.struct.dataclass
 class ClusterState:
   """Avg-Clustering class centres C (K x D, float32) and their update counts."""
+
   centers: jax.Array
   counts: jax.Array  # int32 [K]: EMA updates each centre has had (0 = never).
 
   @classmethod
   def create(cls, num_classes: int, feature_dim: int) -> 'ClusterState':
-    return cls(centers=jnp.zeros((num_classes, feature_dim), jnp.float32),
-               counts=jnp.zeros((num_classes,), jnp.int32))
+    return cls(
+      centers=jnp.zeros((num_classes, feature_dim), jnp.float32),
+      counts=jnp.zeros((num_classes,), jnp.int32),
+    )
 
 
 def l2_normalize(x, axis=-1, eps=1e-12):
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps))
+  return x * jax.lax.rsqrt(
+    jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps)
+  )
 
 
-def class_feature_sums(features, labels, weights, num_classes: int,
-                       axis_name: Optional[str] = None):
+def class_feature_sums(
+  features, labels, weights, num_classes: int, axis_name: Optional[str] = None
+):
   """Sums of normalised features and sample weights per class, over all devices.
 
   Sums rather than means travel between devices, so the result is the same for
   any split of the global batch.
   """
-  onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * weights[:, None]
+  onehot = (
+    jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * weights[:, None]
+  )
   sums = onehot.T @ l2_normalize(jax.lax.stop_gradient(features))
   counts = jnp.sum(onehot, axis=0)
   if axis_name is not None:
@@ -46,7 +54,9 @@ def class_feature_sums(features, labels, weights, num_classes: int,
   return sums, counts
 
 
-def update_centers(cluster: ClusterState, sums, counts, momentum: float) -> ClusterState:
+def update_centers(
+  cluster: ClusterState, sums, counts, momentum: float
+) -> ClusterState:
   """C_k <- beta C_k + (1 - beta) mean_k for classes present; first update copies."""
   present = counts > 0
   # counts are weight sums (SoftMatch's m_i < 1 too): the weighted mean divides
@@ -55,11 +65,14 @@ def update_centers(cluster: ClusterState, sums, counts, momentum: float) -> Clus
   ema = momentum * cluster.centers + (1.0 - momentum) * means
   new = jnp.where((cluster.counts > 0)[:, None], ema, means)
   return ClusterState(
-      centers=jnp.where(present[:, None], new, cluster.centers),
-      counts=cluster.counts + present.astype(jnp.int32))
+    centers=jnp.where(present[:, None], new, cluster.centers),
+    counts=cluster.counts + present.astype(jnp.int32),
+  )
 
 
-def cluster_loss(features, cluster: ClusterState, pseudo_labels, mask, temperature: float):
+def cluster_loss(
+  features, cluster: ClusterState, pseudo_labels, mask, temperature: float
+):
   """L_c = mean_i m_i CE(softmax(<z_i, C> / T), y_hat_i) over existing centres.
 
   Centres never updated are left out of the softmax, samples whose pseudo-class

@@ -37,9 +37,13 @@ def scale_gradient(x, scale: float):
   return scale * x + (1.0 - scale) * jax.lax.stop_gradient(x)
 
 
-def mask_head(head_params: Mapping[str, jax.Array], scales: Mapping[str, float]):
+def mask_head(
+  head_params: Mapping[str, jax.Array], scales: Mapping[str, float]
+):
   """Applies a gradient scale per head leaf ('kernel', 'bias')."""
-  return {name: scale_gradient(w, scales[name]) for name, w in head_params.items()}
+  return {
+    name: scale_gradient(w, scales[name]) for name, w in head_params.items()
+  }
 
 
 def mix_per_sample(full_logits, masked_logits, share):

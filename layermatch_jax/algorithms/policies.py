@@ -48,14 +48,19 @@ class PolicyConfig:
   The field defaults serve direct construction (tests, notebooks) and equal the
   values of configs/default.py, which `from_config` reads.
   """
+
   name: str = 'fixed'
-  threshold: float = 0.95  # tau: FixMatch's threshold; FlexMatch's upper threshold.
+  threshold: float = (
+    0.95  # tau: FixMatch's threshold; FlexMatch's upper threshold.
+  )
   flexmatch_warmup: bool = True
   flexmatch_mapping: str = 'convex'
   freematch_momentum: float = 0.999  # lambda
   fairness_weight: float = 0.0  # w_f (FreeMatch only; 0 turns the term off)
   softmatch_momentum: float = 0.999  # m
-  softmatch_n_sigma: float = 2.0  # The Gaussian's std is sigma_t / n_sigma (USB: 2).
+  softmatch_n_sigma: float = (
+    2.0  # The Gaussian's std is sigma_t / n_sigma (USB: 2).
+  )
   softmatch_alignment: str = 'uniform'
 
   @classmethod
@@ -63,16 +68,18 @@ class PolicyConfig:
     """From `config.pseudo_label`; `name` is the resolved policy (presets.resolve_policy)."""
     pl = config.pseudo_label
     return cls(
-        name=name,
-        threshold=float(pl.threshold),
-        flexmatch_warmup=bool(pl.flexmatch.threshold_warmup),
-        flexmatch_mapping=str(pl.flexmatch.mapping),
-        freematch_momentum=float(pl.freematch.ema_momentum),
-        # The fairness term needs FreeMatch's state: other policies have none.
-        fairness_weight=float(pl.freematch.fairness_weight) if name == 'freematch' else 0.0,
-        softmatch_momentum=float(pl.softmatch.ema_momentum),
-        softmatch_n_sigma=float(pl.softmatch.n_sigma),
-        softmatch_alignment=str(pl.softmatch.alignment),
+      name=name,
+      threshold=float(pl.threshold),
+      flexmatch_warmup=bool(pl.flexmatch.threshold_warmup),
+      flexmatch_mapping=str(pl.flexmatch.mapping),
+      freematch_momentum=float(pl.freematch.ema_momentum),
+      # The fairness term needs FreeMatch's state: other policies have none.
+      fairness_weight=float(pl.freematch.fairness_weight)
+      if name == 'freematch'
+      else 0.0,
+      softmatch_momentum=float(pl.softmatch.ema_momentum),
+      softmatch_n_sigma=float(pl.softmatch.n_sigma),
+      softmatch_alignment=str(pl.softmatch.alignment),
     )
 
   @property
@@ -81,16 +88,24 @@ class PolicyConfig:
 
 
 class PolicyInputs(NamedTuple):
-  probs_w: jax.Array  # [n, K] weak-view probabilities of this device's unlabeled batch.
-  probs_l: Optional[jax.Array] = None  # [b, K] labeled batch (SoftMatch 'labeled' target).
-  idx_u: Optional[jax.Array] = None  # [n] int: index in the unlabeled pool (FlexMatch).
+  probs_w: (
+    jax.Array
+  )  # [n, K] weak-view probabilities of this device's unlabeled batch.
+  probs_l: Optional[jax.Array] = (
+    None  # [b, K] labeled batch (SoftMatch 'labeled' target).
+  )
+  idx_u: Optional[jax.Array] = (
+    None  # [n] int: index in the unlabeled pool (FlexMatch).
+  )
 
 
 class Selection(NamedTuple):
   labels: jax.Array  # [n] int: y_hat.
   weights: jax.Array  # [n] float32 in [0, 1]: m.
   state: Any  # The policy state after this step.
-  metrics: Dict[str, jax.Array]  # Scalars for logging, the same on every device.
+  metrics: Dict[
+    str, jax.Array
+  ]  # Scalars for logging, the same on every device.
 
 
 class Policy(NamedTuple):
@@ -113,7 +128,9 @@ def _global_mean(x, axis_name):
 
 def _all_gather(x, axis_name):
   """The global batch's x in device order, i.e. the order of a 1-device batch."""
-  return x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
+  return (
+    x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
+  )
 
 
 def _sum_over_devices(x, axis_name):
@@ -144,7 +161,9 @@ def _fixed_init(num_classes, pool_size=None):
   return {}
 
 
-def _fixed_select(state, inputs: PolicyInputs, pc: PolicyConfig, axis_name=None):
+def _fixed_select(
+  state, inputs: PolicyInputs, pc: PolicyConfig, axis_name=None
+):
   del axis_name
   labels, weights = pseudo_label.fixed_threshold(inputs.probs_w, pc.threshold)
   return Selection(labels, weights, state, {})
@@ -156,14 +175,21 @@ def _fixed_select(state, inputs: PolicyInputs, pc: PolicyConfig, axis_name=None)
 def _flexmatch_init(num_classes, pool_size=None):
   del num_classes
   if pool_size is None or pool_size <= 0:
-    raise ValueError(f'flexmatch needs the unlabeled pool size (got {pool_size!r}): pass '
-                     'unlabeled_pool_size=data.unlabeled_pool_size(source)')
+    raise ValueError(
+      f'flexmatch needs the unlabeled pool size (got {pool_size!r}): pass '
+      'unlabeled_pool_size=data.unlabeled_pool_size(source)'
+    )
   # The latest confident prediction of every unlabeled image; -1 = unused.
   return dict(selected=jnp.full((pool_size,), -1, jnp.int32))
 
 
-def flexmatch_thresholds(selected, num_classes: int, threshold: float, warmup: bool = True,
-                         mapping: str = 'convex'):
+def flexmatch_thresholds(
+  selected,
+  num_classes: int,
+  threshold: float,
+  warmup: bool = True,
+  mapping: str = 'convex',
+):
   """T(c) = M(beta(c)) tau from the recorded predictions (FlexMatch eqs. 6-11).
 
   sigma(c) = #{n: u_n = c} (learning effect), unused = #{n: u_n = -1};
@@ -172,7 +198,9 @@ def flexmatch_thresholds(selected, num_classes: int, threshold: float, warmup: b
   USB leaves its thresholds unchanged when one class holds the whole pool; here
   the formula still applies (beta = 1 for that class).
   """
-  counts = jnp.bincount(selected + 1, length=num_classes + 1).astype(jnp.float32)
+  counts = jnp.bincount(selected + 1, length=num_classes + 1).astype(
+    jnp.float32
+  )
   unused, sigma = counts[0], counts[1:]
   denom = jnp.maximum(jnp.max(sigma), unused) if warmup else jnp.max(sigma)
   beta = sigma / jnp.maximum(denom, 1.0)
@@ -181,7 +209,9 @@ def flexmatch_thresholds(selected, num_classes: int, threshold: float, warmup: b
   elif mapping == 'linear':
     mapped = beta
   else:
-    raise ValueError(f'flexmatch mapping={mapping!r} is not one of {FLEXMATCH_MAPPINGS}')
+    raise ValueError(
+      f'flexmatch mapping={mapping!r} is not one of {FLEXMATCH_MAPPINGS}'
+    )
   return threshold * mapped
 
 
@@ -197,10 +227,14 @@ def _record_confident(selected, idx, labels, confident):
   target = jnp.where(ok, idx, pool)  # Out of range: dropped by the scatters.
   last = jnp.full((pool,), -1, jnp.int32).at[target].max(pos, mode='drop')
   keep = ok & (last[jnp.clip(target, 0, pool - 1)] == pos)
-  return selected.at[jnp.where(keep, idx, pool)].set(labels.astype(jnp.int32), mode='drop')
+  return selected.at[jnp.where(keep, idx, pool)].set(
+    labels.astype(jnp.int32), mode='drop'
+  )
 
 
-def _flexmatch_select(state, inputs: PolicyInputs, pc: PolicyConfig, axis_name=None):
+def _flexmatch_select(
+  state, inputs: PolicyInputs, pc: PolicyConfig, axis_name=None
+):
   """FlexMatch: m = [max p >= T(y_hat)], then record this batch's confident predictions.
 
   Order and bookkeeping follow the paper's Algorithm 1 and USB alike: the
@@ -211,20 +245,32 @@ def _flexmatch_select(state, inputs: PolicyInputs, pc: PolicyConfig, axis_name=N
   drift apart), every replica records the whole global batch.
   """
   if inputs.idx_u is None:
-    raise ValueError("flexmatch needs each unlabeled image's pool index: views['idx_u'] "
-                     "(the pipeline's 'unlabeled_index')")
+    raise ValueError(
+      "flexmatch needs each unlabeled image's pool index: views['idx_u'] "
+      "(the pipeline's 'unlabeled_index')"
+    )
   probs = jax.lax.stop_gradient(inputs.probs_w)
   num_classes = probs.shape[-1]
   conf, labels = jnp.max(probs, axis=-1), jnp.argmax(probs, axis=-1)
-  thresholds = flexmatch_thresholds(state['selected'], num_classes, pc.threshold,
-                                    pc.flexmatch_warmup, pc.flexmatch_mapping)
+  thresholds = flexmatch_thresholds(
+    state['selected'],
+    num_classes,
+    pc.threshold,
+    pc.flexmatch_warmup,
+    pc.flexmatch_mapping,
+  )
   weights = (conf >= thresholds[labels]).astype(jnp.float32)
   # Every device records the whole global batch, so the replicas stay identical.
   selected = _record_confident(
-      state['selected'], _all_gather(inputs.idx_u, axis_name), _all_gather(labels, axis_name),
-      _all_gather(conf >= pc.threshold, axis_name))
-  metrics = {'policy/threshold_mean': jnp.mean(thresholds),
-             'policy/pool_used': jnp.mean((selected >= 0).astype(jnp.float32))}
+    state['selected'],
+    _all_gather(inputs.idx_u, axis_name),
+    _all_gather(labels, axis_name),
+    _all_gather(conf >= pc.threshold, axis_name),
+  )
+  metrics = {
+    'policy/threshold_mean': jnp.mean(thresholds),
+    'policy/pool_used': jnp.mean((selected >= 0).astype(jnp.float32)),
+  }
   return Selection(labels, weights, dict(selected=selected), metrics)
 
 
@@ -242,7 +288,9 @@ def _freematch_init(num_classes, pool_size=None):
   return dict(tau=jnp.float32(1.0 / num_classes), p_model=uniform, hist=uniform)
 
 
-def _freematch_select(state, inputs: PolicyInputs, pc: PolicyConfig, axis_name=None):
+def _freematch_select(
+  state, inputs: PolicyInputs, pc: PolicyConfig, axis_name=None
+):
   """FreeMatch SAT: update the EMAs with this batch, then threshold with them.
 
     tau_t  = lam tau_{t-1} + (1 - lam) mean_b max q_b          (global, eq. 5)
@@ -258,16 +306,24 @@ def _freematch_select(state, inputs: PolicyInputs, pc: PolicyConfig, axis_name=N
   lam = pc.freematch_momentum
   tau = _ema(state['tau'], _global_mean(conf, axis_name), lam)
   p_model = _ema(state['p_model'], _global_mean(probs, axis_name), lam)
-  hist = _ema(state['hist'],
-              _global_mean(jax.nn.one_hot(labels, num_classes, dtype=jnp.float32), axis_name),
-              lam)
+  hist = _ema(
+    state['hist'],
+    _global_mean(
+      jax.nn.one_hot(labels, num_classes, dtype=jnp.float32), axis_name
+    ),
+    lam,
+  )
   local = tau * p_model / jnp.max(p_model)
   weights = (conf >= local[labels]).astype(jnp.float32)
   metrics = {'policy/threshold': tau, 'policy/threshold_min': jnp.min(local)}
-  return Selection(labels, weights, dict(tau=tau, p_model=p_model, hist=hist), metrics)
+  return Selection(
+    labels, weights, dict(tau=tau, p_model=p_model, hist=hist), metrics
+  )
 
 
-def freematch_fairness(state, probs_s, weights, axis_name=None, eps: float = 1e-12):
+def freematch_fairness(
+  state, probs_s, weights, axis_name=None, eps: float = 1e-12
+):
   """FreeMatch's self-adaptive fairness term (eqs. 10-11), over the global batch.
 
     p_bar = mean of the strong-view probabilities Q_b of the selected samples,
@@ -285,16 +341,23 @@ def freematch_fairness(state, probs_s, weights, axis_name=None, eps: float = 1e-
   num_classes = probs_s.shape[-1]
   w = jax.lax.stop_gradient(weights)
   sum_q = _sum_over_devices(jnp.sum(w[:, None] * probs_s, axis=0), axis_name)
-  onehot = jax.nn.one_hot(jnp.argmax(jax.lax.stop_gradient(probs_s), -1), num_classes)
-  counts, selected = _psum((jnp.sum(w[:, None] * onehot, axis=0), jnp.sum(w)), axis_name)
+  onehot = jax.nn.one_hot(
+    jnp.argmax(jax.lax.stop_gradient(probs_s), -1), num_classes
+  )
+  counts, selected = _psum(
+    (jnp.sum(w[:, None] * onehot, axis=0), jnp.sum(w)), axis_name
+  )
   p_bar = sum_q / jnp.maximum(selected, 1.0)
   h_bar = counts / jnp.maximum(selected, 1.0)
   inv_h = jnp.where(h_bar > 0, 1.0 / jnp.where(h_bar > 0, h_bar, 1.0), 0.0)
   # A class nobody has predicted for ~90k steps has h_t -> 0 (float32 underflow)
   # and p_t / h_t -> inf: it gets 0 instead, as USB's replace_inf_to_zero does.
   hist = state['hist']
-  target = _sum_norm(jnp.where(hist > 1e-30, state['p_model'] / jnp.where(hist > 1e-30, hist,
-                                                                        1.0), 0.0))
+  target = _sum_norm(
+    jnp.where(
+      hist > 1e-30, state['p_model'] / jnp.where(hist > 1e-30, hist, 1.0), 0.0
+    )
+  )
   # Nothing selected: a finite stand-in, or 0 * NaN would reach the gradient.
   q = _sum_norm(jnp.where(selected > 0, p_bar * inv_h, 1.0))
   loss = jnp.sum(target * jnp.log(q + eps))
@@ -316,11 +379,17 @@ def _softmatch_init(num_classes, pool_size=None):
   """
   del pool_size
   uniform = jnp.full((num_classes,), 1.0 / num_classes, jnp.float32)
-  return dict(mu=jnp.float32(1.0 / num_classes), var=jnp.float32(1.0),
-              p_model=jnp.zeros((num_classes,), jnp.float32), p_target=uniform)
+  return dict(
+    mu=jnp.float32(1.0 / num_classes),
+    var=jnp.float32(1.0),
+    p_model=jnp.zeros((num_classes,), jnp.float32),
+    p_target=uniform,
+  )
 
 
-def _softmatch_select(state, inputs: PolicyInputs, pc: PolicyConfig, axis_name=None):
+def _softmatch_select(
+  state, inputs: PolicyInputs, pc: PolicyConfig, axis_name=None
+):
   """SoftMatch: uniform alignment, then EMA Gaussian statistics, then weights.
 
     p_model = m p_model + (1 - m) mean_b p_b      (the first step: mean_b p_b)
@@ -350,39 +419,54 @@ def _softmatch_select(state, inputs: PolicyInputs, pc: PolicyConfig, axis_name=N
   p_target = state['p_target']
   if pc.softmatch_alignment == 'labeled':
     if inputs.probs_l is None:
-      raise ValueError("softmatch alignment='labeled' needs the labeled batch's probabilities")
-    p_target = _ema(p_target, _global_mean(jax.lax.stop_gradient(inputs.probs_l), axis_name), m)
+      raise ValueError(
+        "softmatch alignment='labeled' needs the labeled batch's probabilities"
+      )
+    p_target = _ema(
+      p_target,
+      _global_mean(jax.lax.stop_gradient(inputs.probs_l), axis_name),
+      m,
+    )
   elif pc.softmatch_alignment not in SOFTMATCH_ALIGNMENTS:
-    raise ValueError(f'softmatch alignment={pc.softmatch_alignment!r} is not one of '
-                     f'{SOFTMATCH_ALIGNMENTS}')
+    raise ValueError(
+      f'softmatch alignment={pc.softmatch_alignment!r} is not one of '
+      f'{SOFTMATCH_ALIGNMENTS}'
+    )
   aligned = probs
   if pc.softmatch_alignment != 'none':
     aligned = _sum_norm(probs * (p_target + _UA_EPS) / (p_model + _UA_EPS))
   conf = jnp.max(aligned, axis=-1)
   batch_mean = _global_mean(conf, axis_name)
-  sq_dev, count = _psum((jnp.sum((conf - batch_mean) ** 2), jnp.float32(conf.shape[0])),
-                        axis_name)
+  sq_dev, count = _psum(
+    (jnp.sum((conf - batch_mean) ** 2), jnp.float32(conf.shape[0])), axis_name
+  )
   mu = _ema(state['mu'], batch_mean, m)
   var = _ema(state['var'], sq_dev / jnp.maximum(count - 1.0, 1.0), m)
   below = jnp.minimum(conf - mu, 0.0)
-  weights = jnp.exp(-below ** 2 / (2.0 * var / pc.softmatch_n_sigma ** 2))
+  weights = jnp.exp(-(below**2) / (2.0 * var / pc.softmatch_n_sigma**2))
   labels = jnp.argmax(probs, axis=-1)
   metrics = {'policy/mu': mu, 'policy/sigma': jnp.sqrt(var)}
-  return Selection(labels, weights, dict(mu=mu, var=var, p_model=p_model, p_target=p_target),
-                   metrics)
+  return Selection(
+    labels,
+    weights,
+    dict(mu=mu, var=var, p_model=p_model, p_target=p_target),
+    metrics,
+  )
 
 
 POLICIES = {
-    'fixed': Policy(_fixed_init, _fixed_select),
-    'flexmatch': Policy(_flexmatch_init, _flexmatch_select),
-    'freematch': Policy(_freematch_init, _freematch_select),
-    'softmatch': Policy(_softmatch_init, _softmatch_select),
+  'fixed': Policy(_fixed_init, _fixed_select),
+  'flexmatch': Policy(_flexmatch_init, _flexmatch_select),
+  'freematch': Policy(_freematch_init, _freematch_select),
+  'softmatch': Policy(_softmatch_init, _softmatch_select),
 }
 
 
 def _get(name: str) -> Policy:
   if name not in POLICIES:
-    raise ValueError(f'pseudo_label.policy={name!r} is not one of {sorted(POLICIES)}')
+    raise ValueError(
+      f'pseudo_label.policy={name!r} is not one of {sorted(POLICIES)}'
+    )
   return POLICIES[name]
 
 
@@ -391,6 +475,8 @@ def init_state(name: str, num_classes: int, pool_size: Optional[int] = None):
   return _get(name).init(num_classes, pool_size)
 
 
-def select(state, inputs: PolicyInputs, pc: PolicyConfig, axis_name=None) -> Selection:
+def select(
+  state, inputs: PolicyInputs, pc: PolicyConfig, axis_name=None
+) -> Selection:
   """Pseudo-labels, weights, the next policy state and metrics for one step."""
   return _get(pc.name).select(state, inputs, pc, axis_name)

@@ -11,4 +11,6 @@ import jax.numpy as jnp
 def fixed_threshold(probs: jax.Array, threshold: float):
   """FixMatch: y_hat = argmax p_w, m = [max p_w >= tau]. Returns (y_hat, m)."""
   probs = jax.lax.stop_gradient(probs)
-  return jnp.argmax(probs, axis=-1), (jnp.max(probs, axis=-1) >= threshold).astype(jnp.float32)
+  return jnp.argmax(probs, axis=-1), (
+    jnp.max(probs, axis=-1) >= threshold
+  ).astype(jnp.float32)

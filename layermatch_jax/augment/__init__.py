@@ -8,7 +8,6 @@ and `jax.vmap` them; `augment_batch` does the split-and-vmap for a batch.
 import functools
 
 import jax
-import jax.numpy as jnp
 
 from layermatch_jax.augment import ops
 from layermatch_jax.augment.randaugment import apply_op
@@ -21,9 +20,16 @@ from layermatch_jax.augment.weak import random_pad_crop
 from layermatch_jax.augment.weak import weak_augment
 
 __all__ = [
-    'apply_op', 'augment_batch', 'OP_NAMES', 'ops',
-    'rand_augment', 'random_cutout', 'random_flip', 'random_pad_crop',
-    'strong_augment', 'weak_augment',
+  'apply_op',
+  'augment_batch',
+  'OP_NAMES',
+  'ops',
+  'rand_augment',
+  'random_cutout',
+  'random_flip',
+  'random_pad_crop',
+  'strong_augment',
+  'weak_augment',
 ]
 
 

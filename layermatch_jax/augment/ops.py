@@ -76,7 +76,7 @@ def smooth(image):
   total = 4.0 * image
   for dy in range(3):
     for dx in range(3):
-      total = total + padded[dy:dy + h, dx:dx + w]
+      total = total + padded[dy : dy + h, dx : dx + w]
   rows = jnp.arange(h)[:, None]
   cols = jnp.arange(w)[None, :]
   inner = (rows > 0) & (rows < h - 1) & (cols > 0) & (cols < w - 1)
@@ -153,8 +153,10 @@ def affine(image, matrix, fill=0.5):
   h, w, _ = image.shape
   a, b, c, d, e, f = jnp.unstack(jnp.asarray(matrix, jnp.float32))
   ys, xs = jnp.meshgrid(
-      jnp.arange(h, dtype=jnp.float32) + 0.5,
-      jnp.arange(w, dtype=jnp.float32) + 0.5, indexing='ij')
+    jnp.arange(h, dtype=jnp.float32) + 0.5,
+    jnp.arange(w, dtype=jnp.float32) + 0.5,
+    indexing='ij',
+  )
   col = jnp.floor(a * xs + b * ys + c).astype(jnp.int32)
   row = jnp.floor(d * xs + e * ys + f).astype(jnp.int32)
   inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
@@ -168,9 +170,9 @@ def rotate_matrix(degrees, height, width):
   cos, sin = jnp.cos(theta), jnp.sin(theta)
   cx, cy = width / 2.0, height / 2.0
   # Output -> input: rotate by -degrees about (cx, cy).
-  return jnp.stack([
-      cos, sin, cx - cos * cx - sin * cy,
-      -sin, cos, cy + sin * cx - cos * cy])
+  return jnp.stack(
+    [cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy]
+  )
 
 
 def shear_x_matrix(factor):

@@ -46,20 +46,20 @@ from layermatch_jax.augment import weak
 
 # (name, low, high): magnitude = low + (high - low) * u, u ~ U[0, 1).
 OPS = (
-    ('AutoContrast', 0.0, 1.0),
-    ('Brightness', 0.05, 0.95),
-    ('Color', 0.05, 0.95),
-    ('Contrast', 0.05, 0.95),
-    ('Equalize', 0.0, 1.0),
-    ('Identity', 0.0, 1.0),
-    ('Posterize', 4.0, 8.0),
-    ('Rotate', -30.0, 30.0),
-    ('Sharpness', 0.05, 0.95),
-    ('ShearX', -0.3, 0.3),
-    ('ShearY', -0.3, 0.3),
-    ('Solarize', 0.0, 1.0),
-    ('TranslateX', -0.3, 0.3),
-    ('TranslateY', -0.3, 0.3),
+  ('AutoContrast', 0.0, 1.0),
+  ('Brightness', 0.05, 0.95),
+  ('Color', 0.05, 0.95),
+  ('Contrast', 0.05, 0.95),
+  ('Equalize', 0.0, 1.0),
+  ('Identity', 0.0, 1.0),
+  ('Posterize', 4.0, 8.0),
+  ('Rotate', -30.0, 30.0),
+  ('Sharpness', 0.05, 0.95),
+  ('ShearX', -0.3, 0.3),
+  ('ShearY', -0.3, 0.3),
+  ('Solarize', 0.0, 1.0),
+  ('TranslateX', -0.3, 0.3),
+  ('TranslateY', -0.3, 0.3),
 )
 OP_NAMES = tuple(name for name, _, _ in OPS)
 _LOW = np.array([low for _, low, _ in OPS], np.float32)
@@ -70,35 +70,41 @@ _GEOMETRIC = ('Rotate', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY')
 def _pixel_branches(fill):
   """switch branches (image, magnitude, matrix) -> image; the last one warps."""
   return {
-      'AutoContrast': lambda x, m, a: ops.autocontrast(x),
-      'Brightness': lambda x, m, a: ops.brightness(x, m),
-      'Color': lambda x, m, a: ops.color(x, m),
-      'Contrast': lambda x, m, a: ops.contrast(x, m),
-      'Equalize': lambda x, m, a: ops.equalize(x),
-      'Identity': lambda x, m, a: x,
-      'Posterize': lambda x, m, a: ops.posterize(x, jnp.floor(m).astype(jnp.int32)),
-      'Sharpness': lambda x, m, a: ops.sharpness(x, m),
-      'Solarize': lambda x, m, a: ops.solarize(x, m),
-      'Affine': lambda x, m, a: ops.affine(x, a, fill),
+    'AutoContrast': lambda x, m, a: ops.autocontrast(x),
+    'Brightness': lambda x, m, a: ops.brightness(x, m),
+    'Color': lambda x, m, a: ops.color(x, m),
+    'Contrast': lambda x, m, a: ops.contrast(x, m),
+    'Equalize': lambda x, m, a: ops.equalize(x),
+    'Identity': lambda x, m, a: x,
+    'Posterize': lambda x, m, a: ops.posterize(
+      x, jnp.floor(m).astype(jnp.int32)
+    ),
+    'Sharpness': lambda x, m, a: ops.sharpness(x, m),
+    'Solarize': lambda x, m, a: ops.solarize(x, m),
+    'Affine': lambda x, m, a: ops.affine(x, a, fill),
   }
 
 
 _BRANCH_NAMES = tuple(_pixel_branches(0.5))
 # Op index -> switch branch index; all geometric ops go to the shared warp.
 _BRANCH_OF_OP = np.array(
-    [_BRANCH_NAMES.index('Affine' if name in _GEOMETRIC else name)
-     for name in OP_NAMES], np.int32)
+  [
+    _BRANCH_NAMES.index('Affine' if name in _GEOMETRIC else name)
+    for name in OP_NAMES
+  ],
+  np.int32,
+)
 
 
 def _op_matrix(index, magnitude, height, width):
   """Affine matrix of op `index` at `magnitude` (identity for non-geometric ops)."""
   eye = jnp.asarray(ops.IDENTITY_MATRIX, jnp.float32)
   by_name = {
-      'Rotate': ops.rotate_matrix(magnitude, height, width),
-      'ShearX': ops.shear_x_matrix(magnitude),
-      'ShearY': ops.shear_y_matrix(magnitude),
-      'TranslateX': ops.translate_matrix(magnitude * width, 0.0),
-      'TranslateY': ops.translate_matrix(0.0, magnitude * height),
+    'Rotate': ops.rotate_matrix(magnitude, height, width),
+    'ShearX': ops.shear_x_matrix(magnitude),
+    'ShearY': ops.shear_y_matrix(magnitude),
+    'TranslateX': ops.translate_matrix(magnitude * width, 0.0),
+    'TranslateY': ops.translate_matrix(0.0, magnitude * height),
   }
   # Scalars only: building all 14 and picking one costs nothing.
   matrices = jnp.stack([by_name.get(name, eye) for name in OP_NAMES])
@@ -117,11 +123,13 @@ def apply_op(image, index, level, fill=0.5):
   h, w, _ = image.shape
   index = jnp.asarray(index, jnp.int32)
   magnitude = jnp.asarray(_LOW)[index] + (
-      jnp.asarray(_HIGH - _LOW)[index] * jnp.asarray(level, jnp.float32))
+    jnp.asarray(_HIGH - _LOW)[index] * jnp.asarray(level, jnp.float32)
+  )
   matrix = _op_matrix(index, magnitude, h, w)
   branches = tuple(_pixel_branches(fill).values())
   return jax.lax.switch(
-      jnp.asarray(_BRANCH_OF_OP)[index], branches, image, magnitude, matrix)
+    jnp.asarray(_BRANCH_OF_OP)[index], branches, image, magnitude, matrix
+  )
 
 
 def rand_augment(key, image, num_ops=3, fill=0.5):
@@ -144,8 +152,16 @@ def random_cutout(key, image, cutout_fraction=0.5, fill=0.5):
   return ops.cutout(image, center_y, center_x, size, fill)
 
 
-def strong_augment(key, image, *, num_ops=3, cutout_fraction=0.5,
-                   pad_fraction=0.125, fill=0.5, flip=True):
+def strong_augment(
+  key,
+  image,
+  *,
+  num_ops=3,
+  cutout_fraction=0.5,
+  pad_fraction=0.125,
+  fill=0.5,
+  flip=True,
+):
   """Flip + pad-crop, RandAugment with `num_ops` ops, then Cutout.
 
   Args:
@@ -162,7 +178,9 @@ def strong_augment(key, image, *, num_ops=3, cutout_fraction=0.5,
     The strong view, same shape and dtype, values in [0, 1].
   """
   key_weak, key_ra, key_cut = jax.random.split(key, 3)
-  image = weak.weak_augment(key_weak, image, pad_fraction=pad_fraction, flip=flip)
+  image = weak.weak_augment(
+    key_weak, image, pad_fraction=pad_fraction, flip=flip
+  )
   if num_ops > 0:
     image = rand_augment(key_ra, image, num_ops, fill)
   if cutout_fraction > 0:

@@ -29,8 +29,9 @@ def random_pad_crop(key, image, pad_fraction=0.125):
     return image
   if ph >= h or pw >= w:
     raise ValueError(
-        f'pad_fraction={pad_fraction} pads ({ph}, {pw}) pixels, but reflect '
-        f'padding needs less than the image size ({h}, {w}).')
+      f'pad_fraction={pad_fraction} pads ({ph}, {pw}) pixels, but reflect '
+      f'padding needs less than the image size ({h}, {w}).'
+    )
   padded = jnp.pad(image, ((ph, ph), (pw, pw), (0, 0)), mode='reflect')
   key_y, key_x = jax.random.split(key)
   dy = jax.random.randint(key_y, (), 0, 2 * ph + 1)

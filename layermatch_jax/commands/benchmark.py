@@ -34,12 +34,19 @@ from layermatch_jax.learner import Learner
 from layermatch_jax.train_step import StepConfig
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Config file (configs/NAME.py).',
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+  'config', None, 'Config file (configs/NAME.py).', lock_config=True
+)
 flags.DEFINE_integer('steps', 20, 'Timed steps (after warm-up).')
-flags.DEFINE_enum('part', 'step', ['input', 'augment', 'step', 'all'], 'What to time.')
-flags.DEFINE_string('compare', None, 'Comma-separated algorithms timed in one process, '
-                    'interleaved, e.g. fixmatch,layermatch.')
+flags.DEFINE_enum(
+  'part', 'step', ['input', 'augment', 'step', 'all'], 'What to time.'
+)
+flags.DEFINE_string(
+  'compare',
+  None,
+  'Comma-separated algorithms timed in one process, '
+  'interleaved, e.g. fixmatch,layermatch.',
+)
 flags.mark_flags_as_required(['config'])
 
 
@@ -53,39 +60,66 @@ def _device_memory_mb():
   return None if peak is None else peak / 2**20
 
 
-def random_batch(config, image_shape, num_devices, num_classes, pool_size, seed=0):
+def random_batch(
+  config, image_shape, num_devices, num_classes, pool_size, seed=0
+):
   """A global batch of the config's shape, sharded [devices, per_device, ...]."""
   rng = np.random.default_rng(seed)
   b = config.batch_size // num_devices
   u = b * config.uratio
   return dict(
-      labeled_image=rng.integers(0, 256, (num_devices, b, *image_shape), dtype=np.uint8),
-      labeled_label=rng.integers(0, num_classes, (num_devices, b), dtype=np.int32),
-      unlabeled_image=rng.integers(0, 256, (num_devices, u, *image_shape), dtype=np.uint8),
-      unlabeled_label=rng.integers(0, num_classes, (num_devices, u), dtype=np.int32),
-      unlabeled_index=rng.integers(0, pool_size, (num_devices, u), dtype=np.int32))
+    labeled_image=rng.integers(
+      0, 256, (num_devices, b, *image_shape), dtype=np.uint8
+    ),
+    labeled_label=rng.integers(
+      0, num_classes, (num_devices, b), dtype=np.int32
+    ),
+    unlabeled_image=rng.integers(
+      0, 256, (num_devices, u, *image_shape), dtype=np.uint8
+    ),
+    unlabeled_label=rng.integers(
+      0, num_classes, (num_devices, u), dtype=np.int32
+    ),
+    unlabeled_index=rng.integers(
+      0, pool_size, (num_devices, u), dtype=np.int32
+    ),
+  )
 
 
 # Classes and unlabeled pool sizes of the datasets, so that `augment` and `step`
 # need no prepared data.
-KNOWN = {'cifar10': (10, 50000), 'cifar100': (100, 50000), 'stl10': (10, 105000),
-         'imagenet100': (100, 128000), 'digits': (10, 1437)}
+KNOWN = {
+  'cifar10': (10, 50000),
+  'cifar100': (100, 50000),
+  'stl10': (10, 105000),
+  'imagenet100': (100, 128000),
+  'digits': (10, 1437),
+}
 
 
 def _shape_of(config):
   """(num_classes, image_shape, unlabeled_pool_size), loading only unknown sources."""
   if config.data.name in KNOWN:
     num_classes, pool = KNOWN[config.data.name]
-    return num_classes, (config.data.image_size, config.data.image_size, 3), pool
+    return (
+      num_classes,
+      (config.data.image_size, config.data.image_size, 3),
+      pool,
+    )
   source = data.load_source(config.data)
-  return source.num_classes, source.image_shape, data.unlabeled_pool_size(source)
+  return (
+    source.num_classes,
+    source.image_shape,
+    data.unlabeled_pool_size(source),
+  )
 
 
 def time_input(config, steps):
   source = data.load_source(config.data)
   split = data.make_split(source, config.data.num_labels, config.seed)
-  iterator = data.make_train_iterator(source, split, config,
-                                      num_devices=jax.local_device_count())
+  iterator = data.make_train_iterator(
+    source, split, config, num_devices=jax.local_device_count()
+  )
   return dict(input_img_per_sec=data.measure_throughput(iterator, steps))
 
 
@@ -94,7 +128,9 @@ def time_augment(config, steps, num_classes, image_shape, pool_size):
   sc = StepConfig.from_config(config, num_classes)
   batch = random_batch(config, image_shape, n, num_classes, pool_size)
   rng = parallel.replicate(jax.random.key_data(jax.random.key(0)))
-  fn = jax.pmap(lambda r, s, b: views.make_views(r, s, b, sc), axis_name=sc.axis_name)
+  fn = jax.pmap(
+    lambda r, s, b: views.make_views(r, s, b, sc), axis_name=sc.axis_name
+  )
   step = parallel.replicate(jax.numpy.zeros((), jax.numpy.int32))
   t = time.perf_counter()
   jax.block_until_ready(fn(rng, step, batch))
@@ -106,8 +142,11 @@ def time_augment(config, steps, num_classes, image_shape, pool_size):
     times.append(time.perf_counter() - t)
   images = config.batch_size * (1 + 2 * config.uratio)  # views made per step
   ms = statistics.median(times) * 1e3
-  return dict(augment_ms=ms, augment_img_per_sec=images / (ms / 1e3),
-              augment_compile_s=compile_s)
+  return dict(
+    augment_ms=ms,
+    augment_img_per_sec=images / (ms / 1e3),
+    augment_compile_s=compile_s,
+  )
 
 
 class StepTimer:
@@ -115,10 +154,13 @@ class StepTimer:
 
   def __init__(self, config, num_classes, image_shape, pool_size):
     self.config = config
-    self.learner = Learner(config, num_classes, image_shape, unlabeled_pool_size=pool_size)
+    self.learner = Learner(
+      config, num_classes, image_shape, unlabeled_pool_size=pool_size
+    )
     self.state = self.learner.init_state()
-    self.batch = random_batch(config, image_shape, self.learner.num_devices, num_classes,
-                              pool_size)
+    self.batch = random_batch(
+      config, image_shape, self.learner.num_devices, num_classes, pool_size
+    )
     self.fn = self.learner.step_fn(grad_norms_by_term=False)
     lowered = self.fn.lower(self.state, self.batch)
     t = time.perf_counter()
@@ -126,7 +168,9 @@ class StepTimer:
     self.compile_s = time.perf_counter() - t
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    self.flops = float(cost.get('flops', float('nan'))) if cost else float('nan')
+    self.flops = (
+      float(cost.get('flops', float('nan'))) if cost else float('nan')
+    )
     self.times = []
     self.run()  # warm-up: first execution
     self.times.clear()
@@ -140,10 +184,17 @@ class StepTimer:
   def result(self):
     ms = statistics.median(self.times) * 1e3
     images = self.config.batch_size * (1 + self.config.uratio)
-    return dict(img_per_sec=images / (ms / 1e3), step_ms=ms, compile_s=self.compile_s,
-                flops_per_step=self.flops, device=jax.devices()[0].device_kind,
-                num_devices=self.learner.num_devices, dtype=self.config.model.dtype,
-                peak_host_rss_mb=_peak_rss_mb(), peak_device_memory_mb=_device_memory_mb())
+    return dict(
+      img_per_sec=images / (ms / 1e3),
+      step_ms=ms,
+      compile_s=self.compile_s,
+      flops_per_step=self.flops,
+      device=jax.devices()[0].device_kind,
+      num_devices=self.learner.num_devices,
+      dtype=self.config.model.dtype,
+      peak_host_rss_mb=_peak_rss_mb(),
+      peak_device_memory_mb=_device_memory_mb(),
+    )
 
 
 def main(argv):
@@ -158,22 +209,32 @@ def main(argv):
       c.unlock()
       c.algorithm = name
       timers[name] = StepTimer(c, num_classes, image_shape, pool)
-    for _ in range(FLAGS.steps):  # Interleaved: drifts in machine load hit all alike.
+    for _ in range(
+      FLAGS.steps
+    ):  # Interleaved: drifts in machine load hit all alike.
       for timer in timers.values():
         timer.run()
     out = {name: timer.result() for name, timer in timers.items()}
     out['overhead'] = out[names[-1]]['step_ms'] / out[names[0]]['step_ms']
     for name in names:
-      print(f"{name}: {out[name]['step_ms']:.1f} ms/step, {out[name]['img_per_sec']:.0f} img/s",
-            flush=True)
+      print(
+        f'{name}: {out[name]["step_ms"]:.1f} ms/step, {out[name]["img_per_sec"]:.0f} img/s',
+        flush=True,
+      )
     print(json.dumps(out))
     return
-  out = dict(algorithm=config.algorithm, model=config.model.name,
-             batch_size=config.batch_size, uratio=config.uratio)
+  out = dict(
+    algorithm=config.algorithm,
+    model=config.model.name,
+    batch_size=config.batch_size,
+    uratio=config.uratio,
+  )
   if FLAGS.part in ('input', 'all'):
     out.update(time_input(config, FLAGS.steps))
   if FLAGS.part in ('augment', 'all'):
-    out.update(time_augment(config, FLAGS.steps, num_classes, image_shape, pool))
+    out.update(
+      time_augment(config, FLAGS.steps, num_classes, image_shape, pool)
+    )
   if FLAGS.part in ('step', 'all'):
     timer = StepTimer(config, num_classes, image_shape, pool)
     for _ in range(FLAGS.steps):

@@ -29,20 +29,33 @@ from layermatch_jax import predict
 def export(workdir: str, out: str, step=None) -> dict:
   """Writes the bundle; returns what the command line prints. PredictError on bad input."""
   from layermatch_jax import bundle  # pylint: disable=g-import-not-at-top
+
   meta = bundle.export_bundle(workdir, out, step)
   out = os.path.abspath(out)
-  return {'model': out, 'step': meta['source']['step'], 'workdir': meta['source']['workdir'],
-          'platforms': meta['platforms'], 'num_classes': meta['num_classes'],
-          'class_names': meta['class_names'], 'image_size': meta['image_size'],
-          'files': sorted(os.listdir(out))}
+  return {
+    'model': out,
+    'step': meta['source']['step'],
+    'workdir': meta['source']['workdir'],
+    'platforms': meta['platforms'],
+    'num_classes': meta['num_classes'],
+    'class_names': meta['class_names'],
+    'image_size': meta['image_size'],
+    'files': sorted(os.listdir(out)),
+  }
 
 
 def parse_args(argv):
   parser = cli_util.argument_parser(__doc__)
   parser.add_argument('--workdir', required=True, help='A training workdir.')
-  parser.add_argument('--out', required=True, help='The bundle directory to create.')
-  parser.add_argument('--step', type=int, default=None,
-                      help='Checkpoint step (default: the latest saved).')
+  parser.add_argument(
+    '--out', required=True, help='The bundle directory to create.'
+  )
+  parser.add_argument(
+    '--step',
+    type=int,
+    default=None,
+    help='Checkpoint step (default: the latest saved).',
+  )
   return parser.parse_args(argv)
 
 
@@ -50,6 +63,7 @@ def main(argv=None):
   """The command line; raises ToolError or PredictError on bad input (see run)."""
   args = parse_args(argv)
   from absl import logging  # pylint: disable=g-import-not-at-top
+
   # orbax logs every restore at INFO.
   logging.set_verbosity(logging.WARNING)
   # stdout carries only the JSON object: anything printed on the way goes to stderr.

@@ -37,7 +37,9 @@ SIZE = 40
 
 def draw_part(rng: np.random.Generator, kind: str) -> Image.Image:
   """One photo of a part of `kind` on a noisy grey background."""
-  background = rng.normal(120, 25, (SIZE, SIZE, 3)).clip(0, 255).astype(np.uint8)
+  background = (
+    rng.normal(120, 25, (SIZE, SIZE, 3)).clip(0, 255).astype(np.uint8)
+  )
   image = Image.fromarray(background)
   draw = ImageDraw.Draw(image)
   r = rng.uniform(8, 15)
@@ -48,8 +50,13 @@ def draw_part(rng: np.random.Generator, kind: str) -> Image.Image:
     draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
   else:
     corners = 4 if kind == 'plate' else 3
-    points = [(cx + r * np.cos(angle + 2 * np.pi * i / corners),
-               cy + r * np.sin(angle + 2 * np.pi * i / corners)) for i in range(corners)]
+    points = [
+      (
+        cx + r * np.cos(angle + 2 * np.pi * i / corners),
+        cy + r * np.sin(angle + 2 * np.pi * i / corners),
+      )
+      for i in range(corners)
+    ]
     draw.polygon(points, fill=colour)
   return image
 
@@ -57,15 +64,18 @@ def draw_part(rng: np.random.Generator, kind: str) -> Image.Image:
 def make_folder(out: str, seed: int = 0) -> dict:
   """Writes the folder; returns {part: count}. ToolError if `out` holds files."""
   if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-    raise cli_util.ToolError(f'--out={out} exists and is not an empty directory: give a new '
-                             'path')
+    raise cli_util.ToolError(
+      f'--out={out} exists and is not an empty directory: give a new path'
+    )
   rng = np.random.default_rng(seed)
   counts = {}
   images = os.path.join(out, 'images')
   for kind in CLASSES:
     os.makedirs(os.path.join(images, 'train', kind))
     for i in range(LABELED[kind]):
-      draw_part(rng, kind).save(os.path.join(images, 'train', kind, f'{kind}_{i:03d}.png'))
+      draw_part(rng, kind).save(
+        os.path.join(images, 'train', kind, f'{kind}_{i:03d}.png')
+      )
     counts[f'images/train/{kind}'] = LABELED[kind]
   with open(os.path.join(images, 'train', 'notes.txt'), 'w') as f:
     f.write('Photos sorted by hand on the line, week 12.\n')
@@ -73,12 +83,17 @@ def make_folder(out: str, seed: int = 0) -> dict:
     os.makedirs(os.path.join(out, part))
     kinds = rng.choice(len(CLASSES), n)
     for i, k in enumerate(kinds):
-      draw_part(rng, CLASSES[k]).save(os.path.join(out, part, f'photo_{i:04d}.png'))
+      draw_part(rng, CLASSES[k]).save(
+        os.path.join(out, part, f'photo_{i:04d}.png')
+      )
     counts[part] = n
   # What the new photos really are, to check predictions against (not for training).
   with open(os.path.join(out, 'new_photos_truth.csv'), 'w') as f:
     f.write('path,class\n')
-    f.writelines(f'new_photos/photo_{i:04d}.png,{CLASSES[k]}\n' for i, k in enumerate(kinds))
+    f.writelines(
+      f'new_photos/photo_{i:04d}.png,{CLASSES[k]}\n'
+      for i, k in enumerate(kinds)
+    )
   return counts
 
 

@@ -21,12 +21,12 @@ from layermatch_jax import metrics as metrics_lib
 
 # (split, metric, panel title), in panel order.
 PANELS = (
-    ('eval', 'top1', 'eval top1'),
-    ('train', 'loss_sup', 'train loss_sup'),
-    ('train', 'loss_unsup', 'train loss_unsup'),
-    ('train', 'loss_cluster', 'train loss_cluster'),
-    ('train', 'mask_ratio', 'train mask_ratio'),
-    ('train', 'pseudo_label_acc', 'train pseudo_label_acc'),
+  ('eval', 'top1', 'eval top1'),
+  ('train', 'loss_sup', 'train loss_sup'),
+  ('train', 'loss_unsup', 'train loss_unsup'),
+  ('train', 'loss_cluster', 'train loss_cluster'),
+  ('train', 'mask_ratio', 'train mask_ratio'),
+  ('train', 'pseudo_label_acc', 'train pseudo_label_acc'),
 )
 DEFAULT_NAME = 'curves.png'
 
@@ -44,11 +44,14 @@ def run_label(workdir: str) -> str:
 
 def read_run(workdir: str) -> list:
   if not os.path.isdir(workdir):
-    raise cli_util.ToolError(f'{workdir} is not a directory: give training workdirs')
+    raise cli_util.ToolError(
+      f'{workdir} is not a directory: give training workdirs'
+    )
   path = os.path.join(workdir, metrics_lib.METRICS_FILE)
   if not os.path.isfile(path):
-    raise cli_util.ToolError(f'{path} does not exist: give workdirs written by '
-                             'layermatch_jax.main')
+    raise cli_util.ToolError(
+      f'{path} does not exist: give workdirs written by layermatch_jax.main'
+    )
   try:
     return metrics_lib.read_metrics(workdir)
   except (OSError, ValueError, KeyError) as e:
@@ -62,8 +65,11 @@ def default_out(workdirs) -> str:
 
 def series(records, split: str, name: str):
   """(steps, values) of `name` in `split`, without nulls, sorted by step."""
-  points = sorted((r['step'], r[name]) for r in records
-                  if r.get('split') == split and r.get(name) is not None)
+  points = sorted(
+    (r['step'], r[name])
+    for r in records
+    if r.get('split') == split and r.get(name) is not None
+  )
   return [p[0] for p in points], [p[1] for p in points]
 
 
@@ -75,49 +81,77 @@ def plot(workdirs, labels=None, out=None) -> str:
   if not workdirs:
     raise cli_util.ToolError('give at least one workdir')
   if labels is not None and len(labels) != len(workdirs):
-    raise cli_util.ToolError(f'--labels has {len(labels)} names for {len(workdirs)} '
-                             'workdirs: give one per workdir, comma-separated')
+    raise cli_util.ToolError(
+      f'--labels has {len(labels)} names for {len(workdirs)} '
+      'workdirs: give one per workdir, comma-separated'
+    )
   runs = [read_run(w) for w in workdirs]
   labels = labels or [run_label(w) for w in workdirs]
   out = os.path.abspath(default_out(workdirs) if out is None else out)
   if not os.path.isdir(os.path.dirname(out)):
-    raise cli_util.ToolError(f'--out={out}: directory {os.path.dirname(out)} does not exist')
+    raise cli_util.ToolError(
+      f'--out={out}: directory {os.path.dirname(out)} does not exist'
+    )
 
   panels = []
   for split, name, title in PANELS:
-    lines = [(i, labels[i], *series(records, split, name)) for i, records in enumerate(runs)]
+    lines = [
+      (i, labels[i], *series(records, split, name))
+      for i, records in enumerate(runs)
+    ]
     lines = [line for line in lines if line[2]]
     if lines:
       panels.append((title, name, lines))
   if not panels:
-    raise cli_util.ToolError(f'no eval top1 or train losses logged in {", ".join(workdirs)}')
+    raise cli_util.ToolError(
+      f'no eval top1 or train losses logged in {", ".join(workdirs)}'
+    )
 
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use('Agg')  # No display: tools run on servers.
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
 
   cols = min(3, len(panels))
   rows = -(-len(panels) // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+  fig, axes = plt.subplots(
+    rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False
+  )
   for ax, (title, name, lines) in zip(axes.flat, panels):
     for i, label, steps, values in lines:
-      ax.plot(steps, values, color=f'C{i % 10}', label=label,
-              marker='o' if len(steps) < 30 else None, markersize=3)
+      ax.plot(
+        steps,
+        values,
+        color=f'C{i % 10}',
+        label=label,
+        marker='o' if len(steps) < 30 else None,
+        markersize=3,
+      )
     ax.set_title(title)
     ax.set_xlabel('step')
     ax.set_ylabel(name)
     ax.grid(alpha=0.3)
     if name in ('top1', 'mask_ratio', 'pseudo_label_acc'):
       ax.set_ylim(-0.02, 1.02)
-  for ax in list(axes.flat)[len(panels):]:
+  for ax in list(axes.flat)[len(panels) :]:
     ax.axis('off')
   # One legend for the figure: a run keeps its colour in every panel.
-  handles = [Line2D([], [], color=f'C{i % 10}', marker='o', markersize=3)
-             for i in range(len(labels))]
-  fig.legend(handles, labels, loc='upper center', ncol=min(len(labels), 4), fontsize=9,
-             frameon=False)
-  fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 * (-(-len(labels) // 4)) / fig.get_figheight()))
+  handles = [
+    Line2D([], [], color=f'C{i % 10}', marker='o', markersize=3)
+    for i in range(len(labels))
+  ]
+  fig.legend(
+    handles,
+    labels,
+    loc='upper center',
+    ncol=min(len(labels), 4),
+    fontsize=9,
+    frameon=False,
+  )
+  fig.tight_layout(
+    rect=(0, 0, 1, 1 - 0.3 * (-(-len(labels) // 4)) / fig.get_figheight())
+  )
   with cli_util.atomic_write(out, 'wb') as f:
     fig.savefig(f, format='png', dpi=100)
   plt.close(fig)
@@ -126,12 +160,18 @@ def plot(workdirs, labels=None, out=None) -> str:
 
 def parse_args(argv):
   parser = cli_util.argument_parser(__doc__)
-  parser.add_argument('workdirs', nargs='+', metavar='DIR', help='Training workdirs.')
-  parser.add_argument('--out', default=None,
-                      help=f'PNG path to write (default: DIR/{DEFAULT_NAME} for one DIR, '
-                      f'./{DEFAULT_NAME} for several).')
-  parser.add_argument('--labels', default=None,
-                      help='Comma-separated legend names, one per DIR.')
+  parser.add_argument(
+    'workdirs', nargs='+', metavar='DIR', help='Training workdirs.'
+  )
+  parser.add_argument(
+    '--out',
+    default=None,
+    help=f'PNG path to write (default: DIR/{DEFAULT_NAME} for one DIR, '
+    f'./{DEFAULT_NAME} for several).',
+  )
+  parser.add_argument(
+    '--labels', default=None, help='Comma-separated legend names, one per DIR.'
+  )
   return parser.parse_args(argv)
 
 
@@ -141,10 +181,15 @@ def main(argv=None):
   labels = args.labels.split(',') if args.labels is not None else None
   out = plot(args.workdirs, labels, args.out)
   if args.out is None:
-    default = (f'DIR/{DEFAULT_NAME}' if len(args.workdirs) == 1
-               else f'./{DEFAULT_NAME} in the current directory for several DIRs')
-    print(f'note: no --out given: wrote {out} (default {default}; choose with --out)',
-          file=sys.stderr)
+    default = (
+      f'DIR/{DEFAULT_NAME}'
+      if len(args.workdirs) == 1
+      else f'./{DEFAULT_NAME} in the current directory for several DIRs'
+    )
+    print(
+      f'note: no --out given: wrote {out} (default {default}; choose with --out)',
+      file=sys.stderr,
+    )
   print(out)
 
 

@@ -23,22 +23,32 @@ def main(argv=None):
   """The command line; raises ToolError on bad input (see run)."""
   parser = cli_util.argument_parser(__doc__)
   parser.add_argument('--dataset', required=True, choices=DATASETS)
-  parser.add_argument('--data_dir', required=True, help='TFDS data dir (config data.dir)')
-  parser.add_argument('--manual_dir', default=None,
-                      help='folder with manually downloaded files (ImageNet tars)')
+  parser.add_argument(
+    '--data_dir', required=True, help='TFDS data dir (config data.dir)'
+  )
+  parser.add_argument(
+    '--manual_dir',
+    default=None,
+    help='folder with manually downloaded files (ImageNet tars)',
+  )
   args = parser.parse_args(argv)
 
   from layermatch_jax.data import sources  # pylint: disable=import-outside-toplevel
   from layermatch_jax.data import tfds_sources  # pylint: disable=import-outside-toplevel
+
   if args.dataset == 'imagenet2012' and not args.manual_dir:
-    raise cli_util.ToolError('--dataset=imagenet2012 needs --manual_dir=DIR holding '
-                             'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar')
+    raise cli_util.ToolError(
+      '--dataset=imagenet2012 needs --manual_dir=DIR holding '
+      'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar'
+    )
   try:
     tfds_sources.prepare(args.dataset, args.data_dir, args.manual_dir)
   except sources.DataError as e:
     raise cli_util.ToolError(str(e)) from e
-  print(f'{args.dataset} is ready in {args.data_dir}: train with '
-        f'--config.data.dir={args.data_dir}')
+  print(
+    f'{args.dataset} is ready in {args.data_dir}: train with '
+    f'--config.data.dir={args.data_dir}'
+  )
 
 
 def run(argv=None):

@@ -29,38 +29,66 @@ from layermatch_jax import saved_run
 
 def _run_fields(run, step: int) -> dict:
   from layermatch_jax.algorithms import presets  # pylint: disable=g-import-not-at-top
+
   config = run.config
-  return dict(workdir=os.path.abspath(run.workdir), step=step, algorithm=config.algorithm,
-              policy=presets.resolve_policy(config), dataset=config.data.name,
-              num_labels=config.data.num_labels, seed=config.seed)
+  return dict(
+    workdir=os.path.abspath(run.workdir),
+    step=step,
+    algorithm=config.algorithm,
+    policy=presets.resolve_policy(config),
+    dataset=config.data.name,
+    num_labels=config.data.num_labels,
+    seed=config.seed,
+  )
 
 
-def probe_workdir(workdir: str, step: Union[int, str, None] = None, k: Optional[int] = None,
-                  max_train: Optional[int] = None, notes: Optional[list] = None) -> List[dict]:
+def probe_workdir(
+  workdir: str,
+  step: Union[int, str, None] = None,
+  k: Optional[int] = None,
+  max_train: Optional[int] = None,
+  notes: Optional[list] = None,
+) -> List[dict]:
   """Probes WORKDIR at `step` (an int, None for the latest, 'all' for every kept
   checkpoint); one dict per step. Raises ToolError on bad input."""
   from layermatch_jax import probe  # pylint: disable=g-import-not-at-top
+
   notes = [] if notes is None else notes
   k = probe.KNN_K if k is None else k
   if k < 1:
-    raise cli_util.ToolError(f'--k={k} is not valid: give a positive number of neighbours')
+    raise cli_util.ToolError(
+      f'--k={k} is not valid: give a positive number of neighbours'
+    )
   if max_train is not None and max_train < 1:
-    raise cli_util.ToolError(f'--max_train={max_train} is not valid: give a positive number '
-                             'of images')
+    raise cli_util.ToolError(
+      f'--max_train={max_train} is not valid: give a positive number of images'
+    )
   try:
     if step != 'all':
-      saved_run.resolve_step(workdir, step)  # Before the data is read: a quick answer.
+      saved_run.resolve_step(
+        workdir, step
+      )  # Before the data is read: a quick answer.
     run = saved_run.SavedRun(workdir, notes)
     if run.split is None:
-      notes.append(f'note: {workdir} has no splits/split.json: probe_labeled_top1 is null')
+      notes.append(
+        f'note: {workdir} has no splits/split.json: probe_labeled_top1 is null'
+      )
     results = []
-    for s in (run.steps if step == 'all' else [step]):
+    for s in run.steps if step == 'all' else [step]:
       state, s = run.restore(s)
       result = _run_fields(run, s)
-      result.update(probe.probe_state(
-          run.learner, state, run.source,
-          labeled_indices=None if run.split is None else run.split.labeled_indices,
-          k=k, max_train=max_train))
+      result.update(
+        probe.probe_state(
+          run.learner,
+          state,
+          run.source,
+          labeled_indices=None
+          if run.split is None
+          else run.split.labeled_indices,
+          k=k,
+          max_train=max_train,
+        )
+      )
       results.append(result)
   except saved_run.RunError as e:
     raise cli_util.ToolError(str(e)) from e
@@ -75,19 +103,31 @@ def _step(text: str) -> Union[int, str, None]:
   try:
     return int(text)
   except ValueError:
-    raise cli_util.ToolError(f'--step={text} is not valid: give a saved step, latest or '
-                             'all') from None
+    raise cli_util.ToolError(
+      f'--step={text} is not valid: give a saved step, latest or all'
+    ) from None
 
 
 def parse_args(argv):
   parser = cli_util.argument_parser(__doc__)
   parser.add_argument('--workdir', required=True, help='A training workdir.')
-  parser.add_argument('--step', default=None,
-                      help='Checkpoint step, latest (default) or all (every kept checkpoint).')
-  parser.add_argument('--json', default=None, help='Also write the JSON lines to this file.')
-  parser.add_argument('--k', type=int, default=None, help='kNN neighbours (default 20).')
-  parser.add_argument('--max_train', type=int, default=None,
-                      help='Use at most this many training images (a fixed random subset).')
+  parser.add_argument(
+    '--step',
+    default=None,
+    help='Checkpoint step, latest (default) or all (every kept checkpoint).',
+  )
+  parser.add_argument(
+    '--json', default=None, help='Also write the JSON lines to this file.'
+  )
+  parser.add_argument(
+    '--k', type=int, default=None, help='kNN neighbours (default 20).'
+  )
+  parser.add_argument(
+    '--max_train',
+    type=int,
+    default=None,
+    help='Use at most this many training images (a fixed random subset).',
+  )
   return parser.parse_args(argv)
 
 
@@ -95,13 +135,16 @@ def main(argv=None):
   """The command line; raises ToolError on bad input (see run)."""
   args = parse_args(argv)
   from absl import logging  # pylint: disable=g-import-not-at-top
+
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO.
   notes = []
   step = _step(args.step)
   if args.json is not None:
     out_dir = os.path.dirname(os.path.abspath(args.json))
     if not os.path.isdir(out_dir):
-      raise cli_util.ToolError(f'--json={args.json}: directory {out_dir} does not exist')
+      raise cli_util.ToolError(
+        f'--json={args.json}: directory {out_dir} does not exist'
+      )
   # stdout carries only the JSON lines: anything printed on the way goes to stderr.
   with contextlib.redirect_stdout(sys.stderr):
     results = probe_workdir(args.workdir, step, args.k, args.max_train, notes)

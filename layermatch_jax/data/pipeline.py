@@ -36,6 +36,7 @@ import functools
 import sys
 import time
 
+import chex
 import grain
 import numpy as np
 
@@ -52,14 +53,20 @@ LABELED_SAMPLINGS = ('uniform', 'balanced')
 
 
 @functools.lru_cache(maxsize=32)
-def _epoch_permutation(n: int, seed: int, stream: int, epoch: int) -> np.ndarray:
-  rng = np.random.default_rng(np.random.SeedSequence([seed % 2**32, stream, epoch]))
+def _epoch_permutation(
+  n: int, seed: int, stream: int, epoch: int
+) -> np.ndarray:
+  rng = np.random.default_rng(
+    np.random.SeedSequence([seed % 2**32, stream, epoch])
+  )
   perm = rng.permutation(n)
   perm.flags.writeable = False  # Shared between threads through the cache.
   return perm
 
 
-def stream_items(n: int, seed: int, stream: int, start: int, count: int) -> np.ndarray:
+def stream_items(
+  n: int, seed: int, stream: int, start: int, count: int
+) -> np.ndarray:
   """Items [start, start + count) of perm_0 ++ perm_1 ++ ..., perms of range(n)."""
   epochs, offsets = np.divmod(start + np.arange(count, dtype=np.int64), n)
   out = np.empty((count,), np.int64)
@@ -97,6 +104,7 @@ def _per_device(x: np.ndarray, num_devices: int) -> np.ndarray:
 @dataclasses.dataclass(frozen=True, eq=False)
 class TrainBatchFn:
   """step -> this process's part of the global train batch (module level: picklable)."""
+
   train: Records
   extra: Records
   labeled_indices: np.ndarray
@@ -111,25 +119,41 @@ class TrainBatchFn:
   def __call__(self, step: int) -> dict:
     bl = self.global_labeled // self.process_count
     bu = self.global_unlabeled // self.process_count
-    pos = stream_items(len(self.labeled_indices), self.seed, LABELED_STREAM,
-                       step * self.global_labeled + self.process_index * bl, bl)
+    pos = stream_items(
+      len(self.labeled_indices),
+      self.seed,
+      LABELED_STREAM,
+      step * self.global_labeled + self.process_index * bl,
+      bl,
+    )
     l_idx = self.labeled_indices[pos]
     l_img, l_lab = gather(self.train, l_idx)
     if bu:
-      u_idx = stream_items(len(self.train) + len(self.extra), self.seed, UNLABELED_STREAM,
-                           step * self.global_unlabeled + self.process_index * bu, bu)
+      u_idx = stream_items(
+        len(self.train) + len(self.extra),
+        self.seed,
+        UNLABELED_STREAM,
+        step * self.global_unlabeled + self.process_index * bu,
+        bu,
+      )
       u_img, u_lab = _gather_pool(self.train, self.extra, u_idx)
     else:  # uratio = 0 (supervised): empty unlabeled arrays, same keys.
       u_idx = np.zeros((0,), np.int64)
-      u_img, u_lab = np.zeros((0, *self.image_shape), np.uint8), np.zeros((0,), np.int32)
+      u_img, u_lab = (
+        np.zeros((0, *self.image_shape), np.uint8),
+        np.zeros((0,), np.int32),
+      )
+    # A source's records must all have the source's image shape (sources.py).
+    chex.assert_shape(l_img, (bl, *self.image_shape))
+    chex.assert_shape(u_img, (bu, *self.image_shape))
     d = self.num_devices
     return {
-        'labeled_image': _per_device(np.asarray(l_img, np.uint8), d),
-        'labeled_label': _per_device(np.asarray(l_lab, np.int32), d),
-        'labeled_index': _per_device(l_idx.astype(np.int32), d),
-        'unlabeled_image': _per_device(np.asarray(u_img, np.uint8), d),
-        'unlabeled_label': _per_device(np.asarray(u_lab, np.int32), d),
-        'unlabeled_index': _per_device(u_idx.astype(np.int32), d),
+      'labeled_image': _per_device(np.asarray(l_img, np.uint8), d),
+      'labeled_label': _per_device(np.asarray(l_lab, np.int32), d),
+      'labeled_index': _per_device(l_idx.astype(np.int32), d),
+      'unlabeled_image': _per_device(np.asarray(u_img, np.uint8), d),
+      'unlabeled_label': _per_device(np.asarray(u_lab, np.int32), d),
+      'unlabeled_index': _per_device(u_idx.astype(np.int32), d),
     }
 
 
@@ -141,11 +165,14 @@ class EvalBatchFn:
   rows to a multiple of the device count (and the last batch to full size), so
   any eval_batch_size works on any number of devices.
   """
+
   records: Records
   batch_size: int
   num_devices: int
   image_shape: tuple
-  stride: int = 1  # Batch i of this process is global batch i * stride + offset.
+  stride: int = (
+    1  # Batch i of this process is global batch i * stride + offset.
+  )
   offset: int = 0
 
   def __call__(self, i: int) -> dict:
@@ -157,10 +184,13 @@ class EvalBatchFn:
     images = np.zeros((size, *self.image_shape), np.uint8)
     labels = np.zeros((size,), np.int32)
     mask = np.zeros((size,), bool)
-    images[:len(idx)], labels[:len(idx)] = gather(self.records, idx)
-    mask[:len(idx)] = True
-    return {'image': _per_device(images, d), 'label': _per_device(labels, d),
-            'mask': _per_device(mask, d)}
+    images[: len(idx)], labels[: len(idx)] = gather(self.records, idx)
+    mask[: len(idx)] = True
+    return {
+      'image': _per_device(images, d),
+      'label': _per_device(labels, d),
+      'mask': _per_device(mask, d),
+    }
 
 
 def balanced_indices(indices: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -172,22 +202,37 @@ def balanced_indices(indices: np.ndarray, labels: np.ndarray) -> np.ndarray:
   """
   classes, counts = np.unique(labels, return_counts=True)
   most = int(counts.max())
-  return np.concatenate([np.resize(indices[labels == c], most) for c in classes])
+  return np.concatenate(
+    [np.resize(indices[labels == c], most) for c in classes]
+  )
 
 
 def _read_options(config) -> grain.ReadOptions:
   # Batches are big: a short queue of whole batches, a few threads building them.
-  return grain.ReadOptions(num_threads=int(config.data.get('num_threads', 2)),
-                           prefetch_buffer_size=int(config.data.get('prefetch_batches', 4)))
+  return grain.ReadOptions(
+    num_threads=int(config.data.get('num_threads', 2)),
+    prefetch_buffer_size=int(config.data.get('prefetch_batches', 4)),
+  )
 
 
 def _check_positive_int(name, value):
-  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+  if (
+    not isinstance(value, (int, np.integer))
+    or isinstance(value, bool)
+    or value <= 0
+  ):
     raise DataError(f'{name}={value!r} is not valid: use a positive integer')
 
 
-def make_train_iterator(source: Source, split, config, *, num_devices: int,
-                        process_index: int = 0, process_count: int = 1):
+def make_train_iterator(
+  source: Source,
+  split,
+  config,
+  *,
+  num_devices: int,
+  process_index: int = 0,
+  process_count: int = 1,
+):
   """Endless train batches for this process (see the module doc for the format).
 
   Returns a grain DatasetIterator: `next(it)`, `it.get_state()` (a small
@@ -200,33 +245,53 @@ def make_train_iterator(source: Source, split, config, *, num_devices: int,
   if not isinstance(uratio, (int, np.integer)) or uratio < 0:
     raise DataError(f'uratio={uratio!r} is not valid: use an integer >= 0')
   if not 0 <= process_index < process_count:
-    raise DataError(f'process_index={process_index} is not in [0, {process_count})')
+    raise DataError(
+      f'process_index={process_index} is not in [0, {process_count})'
+    )
   shards = num_devices * process_count
   if config.batch_size % shards:
     raise DataError(
-        f'batch_size={config.batch_size} does not split over {num_devices} device(s) x '
-        f'{process_count} process(es) = {shards}: use a multiple of {shards}')
+      f'batch_size={config.batch_size} does not split over {num_devices} device(s) x '
+      f'{process_count} process(es) = {shards}: use a multiple of {shards}'
+    )
   labeled = np.asarray(split.labeled_indices, np.int64)
   if labeled.size == 0:
     raise DataError('the labeled split is empty: set data.num_labels > 0')
   sampling = config.data.labeled_sampling
   if sampling not in LABELED_SAMPLINGS:
-    raise DataError(f'data.labeled_sampling={sampling!r} is not valid: use one of '
-                    f'{", ".join(LABELED_SAMPLINGS)}')
+    raise DataError(
+      f'data.labeled_sampling={sampling!r} is not valid: use one of '
+      f'{", ".join(LABELED_SAMPLINGS)}'
+    )
   if sampling == 'balanced':
-    labeled = balanced_indices(labeled, np.asarray(source.train.labels)[labeled])
+    labeled = balanced_indices(
+      labeled, np.asarray(source.train.labels)[labeled]
+    )
   step_fn = TrainBatchFn(
-      train=source.train, extra=source.extra_unlabeled, labeled_indices=labeled,
-      seed=int(config.seed), global_labeled=config.batch_size,
-      global_unlabeled=config.batch_size * uratio, process_index=process_index,
-      process_count=process_count, num_devices=num_devices,
-      image_shape=tuple(source.image_shape))
+    train=source.train,
+    extra=source.extra_unlabeled,
+    labeled_indices=labeled,
+    seed=int(config.seed),
+    global_labeled=config.batch_size,
+    global_unlabeled=config.batch_size * uratio,
+    process_index=process_index,
+    process_count=process_count,
+    num_devices=num_devices,
+    image_shape=tuple(source.image_shape),
+  )
   ds = grain.MapDataset.range(_ENDLESS).map(step_fn)
   return iter(ds.to_iter_dataset(_read_options(config)))
 
 
-def make_eval_iterator(source: Source, config, *, num_devices: int, split: str = 'test',
-                       process_index: int = 0, process_count: int = 1):
+def make_eval_iterator(
+  source: Source,
+  config,
+  *,
+  num_devices: int,
+  split: str = 'test',
+  process_index: int = 0,
+  process_count: int = 1,
+):
   """One pass over `split` ('test' or 'train'), every image exactly once.
 
   With several processes, process p takes batches p, p + P, ...; every process
@@ -239,10 +304,16 @@ def make_eval_iterator(source: Source, config, *, num_devices: int, split: str =
     raise DataError(f'eval split {split!r} is not valid: use test or train')
   records = getattr(source, split)
   b = config.eval_batch_size
-  fn = EvalBatchFn(records=records, batch_size=b, num_devices=num_devices,
-                   image_shape=tuple(source.image_shape))
+  fn = EvalBatchFn(
+    records=records,
+    batch_size=b,
+    num_devices=num_devices,
+    image_shape=tuple(source.image_shape),
+  )
   if not 0 <= process_index < process_count:
-    raise DataError(f'process_index={process_index} is not in [0, {process_count})')
+    raise DataError(
+      f'process_index={process_index} is not in [0, {process_count})'
+    )
   num_batches = -(-len(records) // b)
   per_process = -(-num_batches // process_count)
   fn = dataclasses.replace(fn, stride=process_count, offset=process_index)
@@ -252,7 +323,9 @@ def make_eval_iterator(source: Source, config, *, num_devices: int, split: str =
 
 def batch_images(batch: dict) -> int:
   """Images in a batch: all leading [D, b] of every *image array."""
-  return sum(int(np.prod(v.shape[:2])) for k, v in batch.items() if k.endswith('image'))
+  return sum(
+    int(np.prod(v.shape[:2])) for k, v in batch.items() if k.endswith('image')
+  )
 
 
 def measure_throughput(iterator, num_batches: int = 50) -> float:

@@ -62,7 +62,9 @@ class ArrayRecords:
 
   def __init__(self, images: np.ndarray, labels: np.ndarray):
     if images.dtype != np.uint8 or images.ndim != 4:
-      raise ValueError(f'images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}')
+      raise ValueError(
+        f'images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}'
+      )
     if len(labels) != len(images):
       raise ValueError(f'{len(images)} images but {len(labels)} labels')
     self.images = images
@@ -83,7 +85,9 @@ class ArrayRecords:
 
 
 def empty_records(image_shape) -> ArrayRecords:
-  return ArrayRecords(np.zeros((0, *image_shape), np.uint8), np.zeros((0,), np.int32))
+  return ArrayRecords(
+    np.zeros((0, *image_shape), np.uint8), np.zeros((0,), np.int32)
+  )
 
 
 # One pool for all lazily decoded collections: decoding releases the GIL.
@@ -96,7 +100,8 @@ def decode_pool() -> concurrent.futures.ThreadPoolExecutor:
   with _POOL_LOCK:
     if _POOL is None:
       _POOL = concurrent.futures.ThreadPoolExecutor(
-          max_workers=max(2, os.cpu_count() or 1), thread_name_prefix='decode')
+        max_workers=max(2, os.cpu_count() or 1), thread_name_prefix='decode'
+      )
     return _POOL
 
 
@@ -107,8 +112,13 @@ class LazyRecords:
   so that splits never decode an image.
   """
 
-  def __init__(self, read: Callable[[object], np.ndarray], keys: Sequence,
-               labels: np.ndarray, image_shape: tuple[int, int, int]):
+  def __init__(
+    self,
+    read: Callable[[object], np.ndarray],
+    keys: Sequence,
+    labels: np.ndarray,
+    image_shape: tuple[int, int, int],
+  ):
     if len(keys) != len(labels):
       raise ValueError(f'{len(keys)} keys but {len(labels)} labels')
     self._read = read
@@ -120,13 +130,18 @@ class LazyRecords:
     return len(self._keys)
 
   def __getitem__(self, index):
-    return {'image': self._read(self._keys[index]), 'label': int(self.labels[index])}
+    return {
+      'image': self._read(self._keys[index]),
+      'label': int(self.labels[index]),
+    }
 
   def get_batch(self, indices):
     indices = np.asarray(indices, np.int64)
     images = np.empty((len(indices), *self.image_shape), np.uint8)
+
     def fill(j):
       images[j] = self._read(self._keys[indices[j]])
+
     list(decode_pool().map(fill, range(len(indices))))
     return images, self.labels[indices]
 
@@ -139,8 +154,10 @@ def gather(records: Records, indices) -> tuple[np.ndarray, np.ndarray]:
   if hasattr(records, 'get_batch'):
     return records.get_batch(indices)
   items = [records[int(i)] for i in indices]
-  return (np.stack([np.asarray(x['image'], np.uint8) for x in items]),
-          np.asarray([x['label'] for x in items], np.int32))
+  return (
+    np.stack([np.asarray(x['image'], np.uint8) for x in items]),
+    np.asarray([x['label'] for x in items], np.int32),
+  )
 
 
 def to_rgb_array(image: Image.Image, size: int) -> np.ndarray:
@@ -177,6 +194,8 @@ def resize_array(image: np.ndarray, size: int) -> np.ndarray:
   image = np.asarray(image, np.uint8)
   if image.ndim == 3 and image.shape[-1] == 1:
     image = image[..., 0]
-  if image.shape[:2] == (size, size) and image.ndim == 3 and image.shape[-1] == 3:
+  if (
+    image.shape[:2] == (size, size) and image.ndim == 3 and image.shape[-1] == 3
+  ):
     return image
   return to_rgb_array(Image.fromarray(image), size)

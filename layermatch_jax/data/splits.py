@@ -22,7 +22,9 @@ from layermatch_jax.data.sources import Source
 
 SPLIT_FORMAT = 1
 ALL = 'all'  # data.num_labels: every train image is labeled.
-VALID_NUM_LABELS = f"a positive multiple of the class count, or '{ALL}' (every train image)"
+VALID_NUM_LABELS = (
+  f"a positive multiple of the class count, or '{ALL}' (every train image)"
+)
 
 
 def labeled_count(source: Source, num_labels) -> int:
@@ -46,8 +48,16 @@ class Split:
 def fingerprint(source: Source) -> str:
   """A short hash of what the indices refer to: classes and train labels."""
   h = hashlib.sha256()
-  h.update(json.dumps([source.name, source.num_classes, list(source.class_names),
-                       len(source.train)]).encode())
+  h.update(
+    json.dumps(
+      [
+        source.name,
+        source.num_classes,
+        list(source.class_names),
+        len(source.train),
+      ]
+    ).encode()
+  )
   h.update(np.asarray(source.train.labels, '<i4').tobytes())
   return h.hexdigest()[:16]
 
@@ -63,31 +73,49 @@ def make_split(source: Source, num_labels, seed: int) -> Split:
   if num_labels == ALL:
     indices = np.flatnonzero(labels >= 0).astype(np.int64)
     if not indices.size:
-      raise DataError(f"data.num_labels='{ALL}' but {source.name} has no labeled train images")
-  elif (not isinstance(num_labels, (int, np.integer)) or isinstance(num_labels, bool)
-        or num_labels <= 0):
-    raise DataError(f'data.num_labels={num_labels!r} is not valid: use {VALID_NUM_LABELS}')
+      raise DataError(
+        f"data.num_labels='{ALL}' but {source.name} has no labeled train images"
+      )
+  elif (
+    not isinstance(num_labels, (int, np.integer))
+    or isinstance(num_labels, bool)
+    or num_labels <= 0
+  ):
+    raise DataError(
+      f'data.num_labels={num_labels!r} is not valid: use {VALID_NUM_LABELS}'
+    )
   else:
     if num_labels % k:
       raise DataError(
-          f'data.num_labels={num_labels} is not divisible by the {k} classes of '
-          f'{source.name}: use a multiple of {k}, e.g. {max(k, num_labels // k * k)}')
+        f'data.num_labels={num_labels} is not divisible by the {k} classes of '
+        f'{source.name}: use a multiple of {k}, e.g. {max(k, num_labels // k * k)}'
+      )
     per_class = num_labels // k
     counts = np.bincount(labels[labels >= 0], minlength=k)
     short = np.flatnonzero(counts < per_class)
     if short.size:
       c = int(short[0])
       raise DataError(
-          f'data.num_labels={num_labels} asks for {per_class} labels per class but '
-          f'class {c} ({source.class_names[c]}) of {source.name} has only '
-          f'{counts[c]} train images: use at most {int(counts.min()) * k} labels')
+        f'data.num_labels={num_labels} asks for {per_class} labels per class but '
+        f'class {c} ({source.class_names[c]}) of {source.name} has only '
+        f'{counts[c]} train images: use at most {int(counts.min()) * k} labels'
+      )
     rng = np.random.default_rng(np.random.SeedSequence([_u32(seed), 0x5917]))
-    indices = np.concatenate([
+    indices = np.concatenate(
+      [
         rng.choice(np.flatnonzero(labels == c), per_class, replace=False)
-        for c in range(k)]).astype(np.int64)
-  return Split(dataset=source.name, num_classes=k, pool_size=len(labels),
-               num_labels=int(len(indices)), seed=int(seed),
-               fingerprint=fingerprint(source), labeled_indices=np.sort(indices))
+        for c in range(k)
+      ]
+    ).astype(np.int64)
+  return Split(
+    dataset=source.name,
+    num_classes=k,
+    pool_size=len(labels),
+    num_labels=int(len(indices)),
+    seed=int(seed),
+    fingerprint=fingerprint(source),
+    labeled_indices=np.sort(indices),
+  )
 
 
 def _u32(seed) -> int:
@@ -102,14 +130,14 @@ def split_path(workdir: str) -> str:
 def save_split(path: str, split: Split) -> None:
   """Writes `split` as JSON, atomically (a crash leaves the old file intact)."""
   record = {
-      'format': SPLIT_FORMAT,
-      'dataset': split.dataset,
-      'num_classes': split.num_classes,
-      'pool_size': split.pool_size,
-      'num_labels': split.num_labels,
-      'seed': split.seed,
-      'fingerprint': split.fingerprint,
-      'labeled_indices': [int(i) for i in split.labeled_indices],
+    'format': SPLIT_FORMAT,
+    'dataset': split.dataset,
+    'num_classes': split.num_classes,
+    'pool_size': split.pool_size,
+    'num_labels': split.num_labels,
+    'seed': split.seed,
+    'fingerprint': split.fingerprint,
+    'labeled_indices': [int(i) for i in split.labeled_indices],
   }
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   cli_util.write_json(path, record)
@@ -121,32 +149,44 @@ def load_split(path: str, source: Source) -> Split:
     with open(path) as f:
       record = json.load(f)
     split = Split(
-        dataset=str(record['dataset']),
-        num_classes=int(record['num_classes']),
-        pool_size=int(record['pool_size']),
-        num_labels=int(record['num_labels']),
-        seed=int(record['seed']),
-        fingerprint=str(record['fingerprint']),
-        labeled_indices=np.asarray(record['labeled_indices'], np.int64).reshape(-1),
+      dataset=str(record['dataset']),
+      num_classes=int(record['num_classes']),
+      pool_size=int(record['pool_size']),
+      num_labels=int(record['num_labels']),
+      seed=int(record['seed']),
+      fingerprint=str(record['fingerprint']),
+      labeled_indices=np.asarray(record['labeled_indices'], np.int64).reshape(
+        -1
+      ),
     )
   except FileNotFoundError as e:
-    raise DataError(f'data.split_file={path} does not exist: give a split.json '
-                    'written by an earlier run (WORKDIR/splits/split.json)') from e
+    raise DataError(
+      f'data.split_file={path} does not exist: give a split.json '
+      'written by an earlier run (WORKDIR/splits/split.json)'
+    ) from e
   except (OSError, ValueError, KeyError, TypeError) as e:
-    raise DataError(f'data.split_file={path} is not a valid split file '
-                    f'({type(e).__name__}: {e}); expected WORKDIR/splits/split.json '
-                    'of an earlier run') from e
+    raise DataError(
+      f'data.split_file={path} is not a valid split file '
+      f'({type(e).__name__}: {e}); expected WORKDIR/splits/split.json '
+      'of an earlier run'
+    ) from e
   if split.dataset != source.name or split.fingerprint != fingerprint(source):
     raise DataError(
-        f'data.split_file={path} was made for dataset {split.dataset} '
-        f'({split.num_classes} classes, {split.pool_size} train images, fingerprint '
-        f'{split.fingerprint}), not for this {source.name} ({source.num_classes} '
-        f'classes, {len(source.train)} train images, fingerprint {fingerprint(source)})')
+      f'data.split_file={path} was made for dataset {split.dataset} '
+      f'({split.num_classes} classes, {split.pool_size} train images, fingerprint '
+      f'{split.fingerprint}), not for this {source.name} ({source.num_classes} '
+      f'classes, {len(source.train)} train images, fingerprint {fingerprint(source)})'
+    )
   idx = split.labeled_indices
-  if (len(idx) != split.num_labels or len(np.unique(idx)) != len(idx)
-      or (idx.size and (idx.min() < 0 or idx.max() >= len(source.train)))):
-    raise DataError(f'data.split_file={path} is corrupt: its {len(idx)} labeled indices '
-                    f'must be {split.num_labels} distinct values in [0, {len(source.train)})')
+  if (
+    len(idx) != split.num_labels
+    or len(np.unique(idx)) != len(idx)
+    or (idx.size and (idx.min() < 0 or idx.max() >= len(source.train)))
+  ):
+    raise DataError(
+      f'data.split_file={path} is corrupt: its {len(idx)} labeled indices '
+      f'must be {split.num_labels} distinct values in [0, {len(source.train)})'
+    )
   return split
 
 
@@ -157,9 +197,13 @@ def get_split(source: Source, config) -> Split:
   if not split_file:
     return make_split(source, num_labels, config.seed)
   split = load_split(split_file, source)
-  if num_labels is not None and labeled_count(source, num_labels) != split.num_labels:
+  if (
+    num_labels is not None
+    and labeled_count(source, num_labels) != split.num_labels
+  ):
     raise DataError(
-        f'data.split_file={split_file} has {split.num_labels} labels but '
-        f'data.num_labels={num_labels!r} asks for {labeled_count(source, num_labels)}: set '
-        f'--config.data.num_labels={split.num_labels} or drop data.split_file')
+      f'data.split_file={split_file} has {split.num_labels} labels but '
+      f'data.num_labels={num_labels!r} asks for {labeled_count(source, num_labels)}: set '
+      f'--config.data.num_labels={split.num_labels} or drop data.split_file'
+    )
   return split

@@ -26,10 +26,10 @@ from layermatch_jax.data import sources
 
 # data.name -> (TFDS name, train split, test split, extra unlabeled split).
 TFDS_SPLITS = {
-    'cifar10': ('cifar10', 'train', 'test', None),
-    'cifar100': ('cifar100', 'train', 'test', None),
-    'stl10': ('stl10', 'train', 'test', 'unlabelled'),
-    'imagenet100': ('imagenet2012', 'train', 'validation', None),
+  'cifar10': ('cifar10', 'train', 'test', None),
+  'cifar100': ('cifar100', 'train', 'test', None),
+  'stl10': ('stl10', 'train', 'test', 'unlabelled'),
+  'imagenet100': ('imagenet2012', 'train', 'validation', None),
 }
 
 # ImageNet-100: the 100 ImageNet-1k classes (WordNet ids) chosen at random by
@@ -37,7 +37,9 @@ TFDS_SPLITS = {
 # listed in imagenet100.txt of their code release (github.com/HobbitLong/CMC);
 # the subset used by most SSL papers that report "ImageNet-100". Labels are the
 # positions in the sorted list.
-IMAGENET100_WNIDS = tuple(sorted("""
+IMAGENET100_WNIDS = tuple(
+  sorted(
+    """
 n02869837 n01749939 n02488291 n02107142 n13037406 n02091831 n04517823 n04589890
 n03062245 n01773797 n01735189 n07831146 n07753275 n03085013 n04485082 n02105505
 n01983481 n02788148 n03530642 n04435653 n02086910 n02859443 n13040303 n03594734
@@ -51,7 +53,9 @@ n02089867 n02119022 n03777754 n04238763 n02231487 n03032252 n02138441 n02104029
 n03837869 n03494278 n04136333 n03794056 n03492542 n02018207 n04067472 n03930630
 n03584829 n02123045 n04229816 n02100583 n03642806 n04336792 n03259280 n02116738
 n02108089 n03424325 n01855672 n02090622
-""".split()))
+""".split()
+  )
+)
 assert len(set(IMAGENET100_WNIDS)) == 100
 
 INDEX_VERSION = 1
@@ -60,11 +64,15 @@ INDEX_VERSION = 1
 def data_dir_or_default(data_dir) -> str:
   if data_dir:
     return os.path.expanduser(data_dir)
-  return os.path.expanduser(os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets'))
+  return os.path.expanduser(
+    os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')
+  )
 
 
 def prepare_command(name: str, data_dir: str, manual_dir: bool = True) -> str:
-  command = f'python tools/prepare_data.py --dataset={name} --data_dir={data_dir}'
+  command = (
+    f'python tools/prepare_data.py --dataset={name} --data_dir={data_dir}'
+  )
   if manual_dir and name in ('imagenet100', 'imagenet2012'):
     command += ' --manual_dir=DIR_WITH_ILSVRC2012_TARS'
   return command
@@ -72,14 +80,16 @@ def prepare_command(name: str, data_dir: str, manual_dir: bool = True) -> str:
 
 def _not_prepared(name: str, data_dir: str, why: str) -> sources.DataError:
   return sources.DataError(
-      f'dataset {name}: {why} in {data_dir}; prepare it (needs pip install '
-      f'tensorflow-cpu) with: {prepare_command(name, data_dir)}')
+    f'dataset {name}: {why} in {data_dir}; prepare it (needs pip install '
+    f'tensorflow-cpu) with: {prepare_command(name, data_dir)}'
+  )
 
 
 def _no_index(data_dir: str, why: str) -> sources.DataError:
   return sources.DataError(
-      f'dataset imagenet100: {why} (imagenet2012 itself is prepared in {data_dir}); '
-      f'build it with: {prepare_command("imagenet100", data_dir, manual_dir=False)}')
+    f'dataset imagenet100: {why} (imagenet2012 itself is prepared in {data_dir}); '
+    f'build it with: {prepare_command("imagenet100", data_dir, manual_dir=False)}'
+  )
 
 
 @contextlib.contextmanager
@@ -97,11 +107,17 @@ def _tfds_warnings_off():
 def open_split(name: str, split: str, data_dir: str, decoders=None):
   """`tfds.data_source` for one split, without any download; DataError if absent."""
   import tensorflow_datasets as tfds  # Heavy import, only for TFDS datasets.
+
   tfds_name = TFDS_SPLITS[name][0] if name in TFDS_SPLITS else name
   try:
     with _tfds_warnings_off():
-      return tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False,
-                              decoders=decoders)
+      return tfds.data_source(
+        tfds_name,
+        split=split,
+        data_dir=data_dir,
+        download=False,
+        decoders=decoders,
+      )
   except Exception as e:  # pylint: disable=broad-except
     # TFDS raises NotImplementedError, AssertionError, FileNotFoundError, ...
     why = f'no prepared {tfds_name} data (split {split}, array_record format)'
@@ -109,8 +125,10 @@ def open_split(name: str, split: str, data_dir: str, decoders=None):
       with _tfds_warnings_off():
         builder_dir = tfds.builder(tfds_name, data_dir=data_dir).data_dir
       if os.path.exists(os.path.join(builder_dir, 'dataset_info.json')):
-        why = (f'{tfds_name} at {builder_dir} cannot be read as array_record '
-               f'({type(e).__name__}; maybe prepared as TFRecord: delete it first)')
+        why = (
+          f'{tfds_name} at {builder_dir} cannot be read as array_record '
+          f'({type(e).__name__}; maybe prepared as TFRecord: delete it first)'
+        )
     except Exception:  # pylint: disable=broad-except
       pass
     raise _not_prepared(name, data_dir, why) from e
@@ -121,17 +139,24 @@ def _read_all(ds, size: int, label_key: str = 'label') -> sources.ArrayRecords:
   n = len(ds)
   images = np.empty((n, size, size, 3), np.uint8)
   labels = np.empty((n,), np.int32)
+
   def read(i):
     example = ds[i]
     images[i] = sources.resize_array(example['image'], size)
     labels[i] = int(example[label_key])
+
   list(sources.decode_pool().map(read, range(n)))
   return sources.ArrayRecords(images, labels)
 
 
 def _label_names(name: str, data_dir: str) -> tuple[str, ...]:
   import tensorflow_datasets as tfds
-  return tuple(tfds.builder(TFDS_SPLITS[name][0], data_dir=data_dir).info.features['label'].names)
+
+  return tuple(
+    tfds.builder(TFDS_SPLITS[name][0], data_dir=data_dir)
+    .info.features['label']
+    .names
+  )
 
 
 def prepare(name: str, data_dir: str, manual_dir=None) -> None:
@@ -146,15 +171,21 @@ def prepare(name: str, data_dir: str, manual_dir=None) -> None:
     return
   tfds_name = TFDS_SPLITS[name][0] if name in TFDS_SPLITS else name
   try:
-    import tensorflow  # pylint: disable=unused-import,import-outside-toplevel
+    import tensorflow  # noqa: F401  # pylint: disable=unused-import,import-outside-toplevel
   except ImportError as e:
     raise sources.DataError(
-        f'preparing {tfds_name} needs TensorFlow, which is not installed: '
-        'pip install tensorflow-cpu') from e
+      f'preparing {tfds_name} needs TensorFlow, which is not installed: '
+      'pip install tensorflow-cpu'
+    ) from e
   import tensorflow_datasets as tfds
-  config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+
+  config = (
+    tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+  )
   builder = tfds.builder(tfds_name, data_dir=data_dir)
-  builder.download_and_prepare(download_config=config, file_format='array_record')
+  builder.download_and_prepare(
+    download_config=config, file_format='array_record'
+  )
 
 
 def load_tfds_source(data_config) -> sources.Source:
@@ -182,16 +213,23 @@ def load_tfds_source(data_config) -> sources.Source:
   else:
     extra = sources.empty_records((size, size, 3))
   class_names = _label_names(name, data_dir)
-  logging.info('%s from %s: %d train, %d test, %d extra unlabeled (%.1fs).', name,
-               data_dir, len(train), len(test), len(extra), time.time() - start)
+  logging.info(
+    '%s from %s: %d train, %d test, %d extra unlabeled (%.1fs).',
+    name,
+    data_dir,
+    len(train),
+    len(test),
+    len(extra),
+    time.time() - start,
+  )
   return sources.Source(
-      name=name,
-      num_classes=len(class_names),
-      class_names=class_names,
-      image_shape=(size, size, 3),
-      train=train,
-      test=test,
-      extra_unlabeled=extra,
+    name=name,
+    num_classes=len(class_names),
+    class_names=class_names,
+    image_shape=(size, size, 3),
+    train=train,
+    test=test,
+    extra_unlabeled=extra,
   )
 
 
@@ -208,29 +246,40 @@ def imagenet100_label_map(wnids_1k) -> np.ndarray:
   mapping = np.array([position.get(w, -1) for w in wnids_1k], np.int32)
   if (mapping >= 0).sum() != 100:
     raise sources.DataError(
-        f'imagenet2012 label names contain {(mapping >= 0).sum()} of the 100 '
-        'ImageNet-100 classes, expected all 100: is this the ILSVRC2012 dataset?')
+      f'imagenet2012 label names contain {(mapping >= 0).sum()} of the 100 '
+      'ImageNet-100 classes, expected all 100: is this the ILSVRC2012 dataset?'
+    )
   return mapping
 
 
 def _read_labels(ds) -> np.ndarray:
   labels = np.empty((len(ds),), np.int32)
+
   def read(i):
     labels[i] = int(ds[i]['label'])
+
   list(sources.decode_pool().map(read, range(len(ds))))
   return labels
 
 
-def build_imagenet100_index(data_dir: str, *, skip_image_decoding: bool = True) -> str:
+def build_imagenet100_index(
+  data_dir: str, *, skip_image_decoding: bool = True
+) -> str:
   """Finds the ImageNet-100 records of a prepared imagenet2012; writes index.npz.
 
   Reads every record once (images are not decoded). Returns the index path.
   """
   import tensorflow_datasets as tfds
+
   data_dir = data_dir_or_default(data_dir)
-  decoders = {'image': tfds.decode.SkipDecoding()} if skip_image_decoding else None
+  decoders = (
+    {'image': tfds.decode.SkipDecoding()} if skip_image_decoding else None
+  )
   mapping = imagenet100_label_map(_label_names('imagenet100', data_dir))
-  arrays = {'version': np.int64(INDEX_VERSION), 'wnids': np.array(IMAGENET100_WNIDS)}
+  arrays = {
+    'version': np.int64(INDEX_VERSION),
+    'wnids': np.array(IMAGENET100_WNIDS),
+  }
   for split in ('train', 'validation'):
     start = time.time()
     ds = open_split('imagenet100', split, data_dir, decoders=decoders)
@@ -239,8 +288,13 @@ def build_imagenet100_index(data_dir: str, *, skip_image_decoding: bool = True) 
     arrays[f'{split}_keys'] = keys.astype(np.int64)
     arrays[f'{split}_labels'] = labels[keys]
     arrays[f'{split}_size'] = np.int64(len(ds))
-    logging.info('ImageNet-100 %s: %d of %d records (%.0fs).', split, len(keys), len(ds),
-                 time.time() - start)
+    logging.info(
+      'ImageNet-100 %s: %d of %d records (%.0fs).',
+      split,
+      len(keys),
+      len(ds),
+      time.time() - start,
+    )
   path = index_path(data_dir)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with cli_util.atomic_write(path, 'wb') as f:
@@ -259,7 +313,9 @@ class _ReadTfds:
 
 
 def _load_imagenet100(data_dir: str, size: int) -> sources.Source:
-  splits = {s: open_split('imagenet100', s, data_dir) for s in ('train', 'validation')}
+  splits = {
+    s: open_split('imagenet100', s, data_dir) for s in ('train', 'validation')
+  }
   path = index_path(data_dir)
   if not os.path.exists(path):
     raise _no_index(data_dir, f'the ImageNet-100 index {path} is missing')
@@ -269,16 +325,20 @@ def _load_imagenet100(data_dir: str, size: int) -> sources.Source:
   if int(index['version']) != INDEX_VERSION or stale:
     raise _no_index(data_dir, f'the ImageNet-100 index {path} is out of date')
   records = {
-      s: sources.LazyRecords(_ReadTfds(splits[s], size), index[f'{s}_keys'],
-                             index[f'{s}_labels'], (size, size, 3))
-      for s in splits
+    s: sources.LazyRecords(
+      _ReadTfds(splits[s], size),
+      index[f'{s}_keys'],
+      index[f'{s}_labels'],
+      (size, size, 3),
+    )
+    for s in splits
   }
   return sources.Source(
-      name='imagenet100',
-      num_classes=100,
-      class_names=IMAGENET100_WNIDS,
-      image_shape=(size, size, 3),
-      train=records['train'],
-      test=records['validation'],
-      extra_unlabeled=sources.empty_records((size, size, 3)),
+    name='imagenet100',
+    num_classes=100,
+    class_names=IMAGENET100_WNIDS,
+    image_shape=(size, size, 3),
+    train=records['train'],
+    test=records['validation'],
+    extra_unlabeled=sources.empty_records((size, size, 3)),
   )

@@ -22,6 +22,7 @@ def leaky_relu(x):
 
 class WideBlock(nn.Module):
   """Pre-activation residual block with two 3x3 convolutions."""
+
   features: int
   strides: int
   activate_before_residual: bool
@@ -38,7 +39,9 @@ class WideBlock(nn.Module):
       x = y
     shortcut = x
     if needs_projection:
-      shortcut = self.conv(self.features, (1, 1), self.strides, name='shortcut')(x)
+      shortcut = self.conv(
+        self.features, (1, 1), self.strides, name='shortcut'
+      )(x)
     y = self.conv(self.features, (3, 3), self.strides, name='conv1')(y)
     y = leaky_relu(self.norm(name='bn2')(y))
     y = self.conv(self.features, (3, 3), 1, name='conv2')(y)
@@ -51,6 +54,7 @@ class WideResNet(nn.Module):
   WRN-28-2 / WRN-28-8 have three groups (16k, 32k, 64k channels). The 96 px
   STL-10 variant adds a fourth group (128k channels, stride 2).
   """
+
   depth: int = 28
   widen_factor: int = 2
   group_strides: Sequence[int] = (1, 2, 2)
@@ -65,18 +69,32 @@ class WideResNet(nn.Module):
       raise ValueError(f'WRN depth must be 6n+4, got {self.depth}')
     blocks_per_group = (self.depth - 4) // 6
     norm = functools.partial(
-        nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-        epsilon=self.bn_epsilon, axis_name=self.axis_name if train else None,
-        dtype=self.dtype)
+      nn.BatchNorm,
+      use_running_average=not train,
+      momentum=self.bn_momentum,
+      epsilon=self.bn_epsilon,
+      axis_name=self.axis_name if train else None,
+      dtype=self.dtype,
+    )
     conv = functools.partial(
-        nn.Conv, use_bias=False, padding='SAME', kernel_init=conv_init, dtype=self.dtype)
+      nn.Conv,
+      use_bias=False,
+      padding='SAME',
+      kernel_init=conv_init,
+      dtype=self.dtype,
+    )
 
     x = conv(16, (3, 3), 1, name='stem')(x.astype(self.dtype))
     for g, stride in enumerate(self.group_strides):
       width = 16 * self.widen_factor * 2**g
       for b in range(blocks_per_group):
-        x = WideBlock(width, stride if b == 0 else 1,
-                      activate_before_residual=(g == 0 and b == 0),
-                      norm=norm, conv=conv, name=f'group{g}_block{b}')(x)
+        x = WideBlock(
+          width,
+          stride if b == 0 else 1,
+          activate_before_residual=(g == 0 and b == 0),
+          norm=norm,
+          conv=conv,
+          name=f'group{g}_block{b}',
+        )(x)
     x = leaky_relu(norm(name='bn_final')(x))
     return jnp.mean(x, axis=(1, 2))
