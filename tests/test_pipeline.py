@@ -1,12 +1,14 @@
 """Input pipeline: shapes, sampling, multi-process sharding, eval coverage, state."""
 
 import json
+from unittest import mock
 
 import numpy as np
 import pytest
 
 from configs import default
 from layermatch_jax import data
+from layermatch_jax.data import pipeline
 
 NUM_CLASSES, PER_CLASS, NUM_EXTRA, NUM_TEST = 5, 10, 13, 23
 TRAIN, EXTRA, TEST = 0, 1, 2
@@ -269,7 +271,10 @@ def test_digits_end_to_end():
   assert set(batch['labeled_index'].ravel().tolist()) <= set(
     split.labeled_indices.tolist()
   )
-  assert data.measure_throughput(it, 5) > 0
+  # A clock that moves 2 s between the two readings: 5 batches of 8 x (8 + 56).
+  ticks = iter([10.0, 12.0])
+  with mock.patch.object(pipeline.time, 'perf_counter', lambda: next(ticks)):
+    assert data.measure_throughput(it, 5) == 5 * 8 * (8 + 56) / 2.0
   total = sum(
     int(b['mask'].sum())
     for b in data.make_eval_iterator(source, config, num_devices=8)

@@ -430,7 +430,9 @@ def test_probe_latest_is_deterministic_and_bounds_the_head(workdir, tmp_path):
     len(per_class) == 10
     and min(per_class) == result['head_unlabeled_worst_class_top1']
   )
-  assert 0.0 <= result['head_unlabeled_confident_share'] <= 1.0
+  # A share of the 1387 unlabeled train images.
+  confident = result['head_unlabeled_confident_share'] * 1387
+  assert confident == pytest.approx(round(confident), abs=1e-6), result
   # Deterministic: the same numbers again, to the last digit.
   again = _tool('probe', f'--workdir={workdir}')
   assert again.returncode == 0, again.stderr
