@@ -90,6 +90,11 @@ def get_config():
   )
   config.model.bn_momentum = 0.999
   config.model.bn_epsilon = 1e-3
+  # ViTs (model.name vit_*): stochastic depth, and a local pretrained file
+  # (AugReg/big_vision .npz or timm .safetensors) whose backbone replaces the
+  # random one at the start of a run (models/pretrained.py). None: from scratch.
+  config.model.drop_path_rate = 0.0
+  config.model.init_from = None
 
   config.optim = ml_collections.ConfigDict()
   config.optim.learning_rate = 0.03

@@ -59,6 +59,32 @@ def _is_num(v):
   return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
+def _check_vit(config):
+  """A pretrained file only for a ViT, and images a whole number of patches."""
+  model = config.model
+  vit = models.BACKBONES[model.name][0] is models.ViT
+  init_from = model.get('init_from')
+  if init_from is not None:
+    if not vit:
+      raise ConfigError(
+        f'config.model.init_from={init_from!r} loads a ViT backbone, but '
+        f'model.name={model.name!r} is not a ViT: use one of '
+        f'{sorted(n for n, (c, _) in models.BACKBONES.items() if c is models.ViT)}'
+      )
+    if not isinstance(init_from, str) or not os.path.isfile(init_from):
+      raise ConfigError(
+        f'config.model.init_from={init_from!r} is not a file: give a local '
+        'AugReg/big_vision .npz or timm .safetensors file, or leave it unset'
+      )
+  if vit:
+    patch = models.BACKBONES[model.name][1]['patch_size']
+    if config.data.image_size % patch:
+      raise ConfigError(
+        f'config.data.image_size={config.data.image_size} is not a multiple '
+        f"of {model.name}'s patch size {patch}: the border would be dropped"
+      )
+
+
 def validate(config):
   """Raises ConfigError on the first invalid value."""
   positive_int = (lambda v: _is_int(v) and v > 0, 'a positive integer')
@@ -126,6 +152,13 @@ def validate(config):
     lambda v: v in models.DTYPES,
     f'one of {sorted(models.DTYPES)}',
   )
+  _check(
+    config,
+    'model.drop_path_rate',
+    lambda v: _is_num(v) and 0 <= v < 1,
+    'a number in [0, 1) (ViT stochastic depth)',
+  )
+  _check_vit(config)
   unit = lambda v: _is_num(v) and 0 <= v < 1
   for key in (
     'model.bn_momentum',

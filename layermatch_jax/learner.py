@@ -67,9 +67,16 @@ class Learner:
   def num_devices(self) -> int:
     return len(self.devices)
 
-  def init_host_state(self, seed: Optional[int] = None) -> TrainState:
-    """A fresh, unreplicated state from `seed` (default config.seed)."""
+  def init_host_state(
+    self, seed: Optional[int] = None, pretrained: bool = True
+  ) -> TrainState:
+    """A fresh, unreplicated state from `seed` (default config.seed).
+
+    With `pretrained` and model.init_from set, the backbone comes from that
+    file; a resume passes False (the checkpoint replaces it anyway).
+    """
     seed = self.config.seed if seed is None else seed
+    init_from = self.config.model.get('init_from') if pretrained else None
     return create_train_state(
       self.model,
       self.tx,
@@ -78,6 +85,7 @@ class Learner:
       self.num_classes,
       policy=self.step_config.pseudo_label.name,
       unlabeled_pool_size=self.unlabeled_pool_size,
+      init_from=init_from,
     )
 
   def init_state(self, seed: Optional[int] = None) -> TrainState:

@@ -9,6 +9,7 @@ from flax.training import train_state
 
 from layermatch_jax.algorithms import policies
 from layermatch_jax.algorithms.avg_clustering import ClusterState
+from layermatch_jax.models import pretrained
 
 
 class TrainState(train_state.TrainState):
@@ -37,11 +38,14 @@ def create_train_state(
   *,
   policy: str = 'fixed',
   unlabeled_pool_size: Optional[int] = None,
+  init_from: Optional[str] = None,
 ) -> TrainState:
   """Initialises a model's variables (on the host's default device).
 
   `policy` names the pseudo-label policy whose state to create; FlexMatch needs
-  `unlabeled_pool_size` (data.unlabeled_pool_size(source)).
+  `unlabeled_pool_size` (data.unlabeled_pool_size(source)). `init_from`
+  (model.init_from): a ViT checkpoint file whose backbone replaces the random
+  one (`with_pretrained_backbone`); not read when traced (jax.eval_shape).
   """
 
   def build(rng):
@@ -54,7 +58,8 @@ def create_train_state(
       apply_fn=model.apply,
       params=params,
       tx=tx,
-      batch_stats=variables['batch_stats'],
+      # A model without BatchNorm (a ViT) has none: an empty collection.
+      batch_stats=variables.get('batch_stats', {}),
       ema_params=jax.tree.map(jnp.copy, params),
       cluster=ClusterState.create(num_classes, feature_dim),
       rng=jax.random.key_data(state_rng),
@@ -68,7 +73,26 @@ def create_train_state(
     rng, jax.core.Tracer
   ):  # Traced, e.g. by jax.eval_shape: no compile.
     return init(rng)
-  return init.lower(rng).compile(_init_compiler_options())(rng)
+  state = init.lower(rng).compile(_init_compiler_options())(rng)
+  if init_from:
+    state, report = with_pretrained_backbone(state, tx, init_from, image_shape)
+    # The counts and what was left out; str(report) also names every tensor loaded.
+    print('\n'.join(report.lines(loaded=False)), flush=True)
+  return state
+
+
+def with_pretrained_backbone(state: TrainState, tx, path: str, image_shape):
+  """(state, report): the backbone of params and EMA params loaded from `path`
+  (models/pretrained.py), the head as initialised, a fresh optimizer state."""
+  params, report = pretrained.load_pretrained(
+    jax.device_get(state.params), path, tuple(image_shape[:2])
+  )
+  params = jax.tree.map(jnp.asarray, params)
+  return state.replace(
+    params=params,
+    ema_params=jax.tree.map(jnp.copy, params),
+    opt_state=jax.jit(tx.init)(params),
+  ), report
 
 
 def _init_compiler_options() -> dict:

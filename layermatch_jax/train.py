@@ -171,9 +171,10 @@ def _init_or_resume(run: _Run):
   A resume restores the state and the input position from the latest
   checkpoint.
   """
-  host_state = run.learner.init_host_state()
+  resuming = run.ckpt.latest_step() is not None
+  host_state = run.learner.init_host_state(pretrained=not resuming)
   start_step, wall_before = 0, 0.0
-  if run.ckpt.latest_step() is not None:
+  if resuming:
     host_state, data_state, saved = run.ckpt.restore_latest(
       host_state, run.meta
     )

@@ -16,7 +16,8 @@ elsewhere (grad_relu.mix_per_sample; still one backward pass). With 'warmup',
 alpha(t) rises from the static alpha to 1 over the first head_grad_warmup_steps.
 
 One forward pass over [x_l, x_w, x_s], so BatchNorm sees the whole global batch
-(cross-device through `axis_name`).
+(cross-device through `axis_name`). A model's stochastic layers (a ViT's drop
+path) draw from the 'dropout' rng, one key per step and device (`dropout_key`).
 
 Everything here runs per device inside `jax.pmap` (or `jax.vmap`) with the axis
 named `StepConfig.axis_name` bound: gradients and metrics are averaged over it,
@@ -157,6 +158,24 @@ def _ratio(num, den, axis_name):
   return jnp.where(den > 0, num / jnp.maximum(den, 1.0), jnp.nan)
 
 
+# Far from views.py's augmentation streams (0, 1, 2), folded in the same way.
+_DROPOUT_STREAM = 1 << 16
+
+
+def dropout_key(state: TrainState, axis_name):
+  """The model's 'dropout' rng (a ViT's drop path): one key per step and device.
+
+  Unused, so compiled away, by the models without stochastic layers (WRN, ResNet).
+  """
+  key = jax.random.fold_in(
+    jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step),
+    _DROPOUT_STREAM,
+  )
+  if axis_name is not None:
+    key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+  return key
+
+
 def loss_terms(params, state: TrainState, views, sc: StepConfig):
   """The weighted loss terms {name: value for name in sc.terms} and aux outputs.
 
@@ -177,6 +196,7 @@ def loss_terms(params, state: TrainState, views, sc: StepConfig):
     x,
     train=True,
     mutable=['batch_stats'],
+    rngs={'dropout': dropout_key(state, sc.axis_name)},
     method=Classifier.features,
   )
 

@@ -108,3 +108,39 @@ def test_policy_config_defaults_are_the_default_configs():
     # FreeMatch's fairness weight is the config's; the others have no term.
     fairness = from_config.fairness_weight if name == 'freematch' else 0.0
     assert from_config == policies.PolicyConfig(name, fairness_weight=fairness)
+
+
+def test_vit_settings_are_checked(tmp_path):
+  """model.init_from only for a ViT and only an existing file; a ViT's image
+  size a whole number of patches."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+
+  config = default.get_config()
+  weights = tmp_path / 'vit.npz'
+  weights.write_bytes(b'')
+  config.model.init_from = str(weights)
+  with pytest.raises(
+    config_lib.ConfigError, match="model.name='wrn28_2' is not a ViT"
+  ):
+    config_lib.validate(config)
+  config.model.name = 'vit_s16'
+  config.data.image_size = 32
+  config_lib.validate(config)  # 32 = 2 patches of 16.
+  config.model.init_from = str(tmp_path / 'missing.npz')
+  with pytest.raises(
+    config_lib.ConfigError, match='missing.npz.* is not a file'
+  ):
+    config_lib.validate(config)
+  config.model.init_from = None
+  config.data.image_size = 40
+  with pytest.raises(
+    config_lib.ConfigError,
+    match="image_size=40 is not a multiple of vit_s16's patch size 16",
+  ):
+    config_lib.validate(config)
+  config.data.image_size = 32
+  config.model.drop_path_rate = 1.0
+  with pytest.raises(
+    config_lib.ConfigError, match='drop_path_rate=1.0 is not valid'
+  ):
+    config_lib.validate(config)

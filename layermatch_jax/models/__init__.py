@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from layermatch_jax.models.resnet import ResNet
+from layermatch_jax.models.vit import ViT
 from layermatch_jax.parallel import AXIS
 from layermatch_jax.models.wrn import WideResNet
 
@@ -40,6 +41,12 @@ class Classifier(nn.Module):
     return z, self.classify(z)
 
 
+def _vit(patch, width, depth, heads, mlp):
+  return dict(
+    patch_size=patch, width=width, depth=depth, num_heads=heads, mlp_dim=mlp
+  )
+
+
 # name -> (backbone class, kwargs). WRN-37-2 is the STL-10 variant of FixMatch/USB:
 # depth-28 blocks in four groups (stem + 32 convs + 3 shortcut convs + head = 37 layers).
 BACKBONES = {
@@ -50,11 +57,18 @@ BACKBONES = {
     dict(depth=28, widen_factor=2, group_strides=(1, 2, 2, 2)),
   ),
   'resnet50': (ResNet, dict(stage_sizes=(3, 4, 6, 3))),
+  # ViTs (models/vit.py), ImageNet sizes (Ti/S/B, patch 16) and USB's
+  # vit_small_patch2_32 (S with patch 2, for 32 px inputs).
+  'vit_ti16': (ViT, _vit(16, width=192, depth=12, heads=3, mlp=768)),
+  'vit_s16': (ViT, _vit(16, width=384, depth=12, heads=6, mlp=1536)),
+  'vit_b16': (ViT, _vit(16, width=768, depth=12, heads=12, mlp=3072)),
+  'vit_s2_32': (ViT, _vit(2, width=384, depth=12, heads=6, mlp=1536)),
   # Small networks for tests, demos and CPU budgets.
   'wrn10_1': (WideResNet, dict(depth=10, widen_factor=1)),
   'wrn16_1': (WideResNet, dict(depth=16, widen_factor=1)),
   'wrn16_2': (WideResNet, dict(depth=16, widen_factor=2)),
   'resnet_tiny': (ResNet, dict(stage_sizes=(1, 1), width=8)),
+  'vit_tiny_test': (ViT, _vit(4, width=32, depth=2, heads=2, mlp=64)),
 }
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -83,7 +97,16 @@ def create_model(
       bn_momentum=model_config.get('bn_momentum', 0.999),
       bn_epsilon=model_config.get('bn_epsilon', 1e-3),
     )
+  if cls is ViT:
+    kwargs.update(drop_path_rate=model_config.get('drop_path_rate', 0.0))
   return Classifier(backbone=cls(**kwargs), num_classes=num_classes)
 
 
-__all__ = ['BACKBONES', 'Classifier', 'ResNet', 'WideResNet', 'create_model']
+__all__ = [
+  'BACKBONES',
+  'Classifier',
+  'ResNet',
+  'ViT',
+  'WideResNet',
+  'create_model',
+]
