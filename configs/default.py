@@ -94,7 +94,7 @@ def get_config():
   # (AugReg/big_vision .npz or timm .safetensors) whose backbone replaces the
   # random one at the start of a run (models/pretrained.py). None: from scratch.
   config.model.drop_path_rate = 0.0
-  config.model.init_from = None
+  config.model.init_from = config_dict.placeholder(str)
 
   config.optim = ml_collections.ConfigDict()
   config.optim.learning_rate = 0.03

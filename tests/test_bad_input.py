@@ -274,6 +274,18 @@ CASES = {
     lambda t: (t / 'w', ['--num_processes=2'], {}),
     'multi-process runs need all of --coordinator_address, --num_processes and',
   ),
+  'vit_init_from_a_missing_file': (
+    lambda t: (
+      t / 'w',
+      [
+        '--config.model.name=vit_tiny_test',
+        '--config.data.image_size=8',
+        f'--config.model.init_from={t / "no_such_weights.npz"}',
+      ],
+      {},
+    ),
+    "no_such_weights.npz' is not a file: give a local AugReg/big_vision .npz",
+  ),
   'distributed_without_a_cluster': (
     lambda t: (t / 'w', ['--distributed'], {}),
     '--distributed: jax.distributed.initialize() found no cluster to join',
