@@ -97,10 +97,27 @@ def get_config():
   config.model.init_from = config_dict.placeholder(str)
 
   config.optim = ml_collections.ConfigDict()
+  # 'sgd' (the classic recipe: SGD + Nesterov, coupled L2) or 'adamw' (USB's
+  # ViT fine-tuning: AdamW, decoupled decay). See layermatch_jax/optim.py.
+  config.optim.name = 'sgd'
+  # Base lr; both optimizers follow the schedule below.
   config.optim.learning_rate = 0.03
-  config.optim.momentum = 0.9
-  config.optim.nesterov = True
-  config.optim.weight_decay = 5e-4  # Conv/dense kernels only.
+  # Linear warm-up from 0 over this many steps, then the FixMatch cosine
+  # lr cos(7 pi k / 16 K) over the remaining steps (USB's schedule); 0: none.
+  config.optim.warmup_steps = 0
+  config.optim.momentum = 0.9  # SGD only.
+  config.optim.nesterov = True  # SGD only.
+  # Conv/dense kernels only (not norms, biases, a ViT's cls/pos_embedding).
+  # SGD: added to the gradient; AdamW: decoupled, p -= lr * weight_decay * p.
+  config.optim.weight_decay = 5e-4
+  config.optim.adam_b1 = 0.9  # AdamW only: torch's defaults, as USB uses them.
+  config.optim.adam_b2 = 0.999
+  config.optim.adam_eps = 1e-8
+  # Layer-wise lr decay (ViTs only): the lr of layer l is scaled by
+  # layer_decay ** (L + 1 - l); l = 0 patch embedding, cls and position
+  # embeddings, l = i + 1 encoder block i (the final norm joins block L - 1),
+  # l = L + 1 the head. 1.0: the same lr everywhere.
+  config.optim.layer_decay = 1.0
   config.optim.ema_decay = 0.999  # EMA of parameters, used for evaluation.
   config.optim.ema_warmup = True  # decay_t = min(decay, (1 + t) / (10 + t)).
 

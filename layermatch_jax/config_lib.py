@@ -6,6 +6,7 @@ import os
 
 from layermatch_jax import cli_util
 from layermatch_jax import models
+from layermatch_jax import optim
 from layermatch_jax.algorithms import grad_relu, policies, presets
 from layermatch_jax.data import pipeline
 
@@ -83,6 +84,43 @@ def _check_vit(config):
         f'config.data.image_size={config.data.image_size} is not a multiple '
         f"of {model.name}'s patch size {patch}: the border would be dropped"
       )
+
+
+def _check_optim(config):
+  """optim.name, its warm-up, AdamW's constants and layer-wise decay (ViTs only)."""
+  _check(
+    config,
+    'optim.name',
+    lambda v: v in optim.OPTIMIZERS,
+    f'one of {list(optim.OPTIMIZERS)}',
+  )
+  steps = config.num_train_steps
+  _check(
+    config,
+    'optim.warmup_steps',
+    lambda v: _is_int(v) and 0 <= v < steps,
+    f'an integer in [0, num_train_steps={steps}) (0: no warm-up)',
+  )
+  for key in ('optim.adam_b1', 'optim.adam_b2'):
+    _check(
+      config, key, lambda v: _is_num(v) and 0 <= v < 1, 'a number in [0, 1)'
+    )
+  _check(
+    config, 'optim.adam_eps', lambda v: _is_num(v) and v > 0, 'a number > 0'
+  )
+  _check(
+    config,
+    'optim.layer_decay',
+    lambda v: _is_num(v) and 0 < v <= 1,
+    'a number in (0, 1] (1: no layer-wise lr decay)',
+  )
+  layer_decay, name = config.optim.layer_decay, config.model.name
+  if layer_decay != 1 and models.BACKBONES[name][0] is not models.ViT:
+    raise ConfigError(
+      f'config.optim.layer_decay={layer_decay!r} is for ViTs, but '
+      f'model.name={name!r} is not one: use 1.0, or one of '
+      f'{sorted(n for n, (c, _) in models.BACKBONES.items() if c is models.ViT)}'
+    )
 
 
 def validate(config):
@@ -179,6 +217,7 @@ def validate(config):
     lambda v: _is_num(v) and v >= 0,
     'a number >= 0',
   )
+  _check_optim(config)
   _check(
     config,
     'pseudo_label.threshold',

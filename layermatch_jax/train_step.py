@@ -62,6 +62,7 @@ class StepConfig:
   num_classes: int
   learning_rate: float
   total_steps: int
+  warmup_steps: int  # optim.warmup_steps: the learning rate's linear warm-up.
   pseudo_label: policies.PolicyConfig
   unsup_weight: float
   head_grad_scale: float
@@ -90,6 +91,7 @@ class StepConfig:
       num_classes=num_classes,
       learning_rate=config.optim.learning_rate,
       total_steps=config.num_train_steps,
+      warmup_steps=config.optim.warmup_steps,
       pseudo_label=policies.PolicyConfig.from_config(
         config, presets.resolve_policy(config)
       ),
@@ -138,10 +140,11 @@ class StepConfig:
     return {'kernel': self.head_grad_scale, 'bias': self.head_bias_grad_scale}
 
   def learning_rate_at(self, step):
-    """The optimizer's learning rate at `step` (for the metrics)."""
-    return optim.fixmatch_cosine_schedule(self.learning_rate, self.total_steps)(
-      step
-    )
+    """The optimizer's base learning rate at `step` (for the metrics; a ViT's
+    layer-wise decay scales it per layer)."""
+    return optim.warmup_cosine_schedule(
+      self.learning_rate, self.total_steps, self.warmup_steps
+    )(step)
 
 
 def _pmean(x, axis_name):

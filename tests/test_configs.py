@@ -1,6 +1,8 @@
 """Every config file loads, passes validation and documents its command."""
 
+import glob
 import importlib
+import os
 
 import pytest
 
@@ -15,6 +17,8 @@ CONFIGS = [
   'folder',
   'demo',
   'cifar10_cpu',
+  'usb_cv.cifar100_vit',
+  'usb_cv.stl10_vit',
 ]
 REQUIRED_KEYS = [
   'seed',
@@ -46,6 +50,49 @@ def test_config_loads_validates_and_documents_itself(name):
     for part in key.split('.'):
       assert part in node, key
       node = node[part]
+
+
+def test_every_config_file_is_checked():
+  """configs/*.py and configs/*/*.py are all in CONFIGS."""
+  root = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs')
+  files = glob.glob(os.path.join(root, '*.py')) + glob.glob(
+    os.path.join(root, '*', '*.py')
+  )
+  names = {
+    os.path.relpath(f, root)[:-3].replace(os.sep, '.')
+    for f in files
+    if not os.path.basename(f).startswith('_')
+  }
+  assert names == set(CONFIGS)
+
+
+def test_usb_cv_configs_are_usbs_recipe():
+  """The numbers of USB's config/usb_cv/fixmatch/fixmatch_{cifar100_200,stl10_40}_0.yaml."""
+  from configs.usb_cv import cifar100_vit, stl10_vit  # pylint: disable=g-import-not-at-top
+
+  for module, labels, model, lr, layer_decay in (
+    (cifar100_vit, 200, 'vit_s2_32', 5e-4, 0.5),
+    (stl10_vit, 40, 'vit_b16', 1e-4, 0.65),
+  ):
+    c = module.get_config()
+    assert (c.data.num_labels, c.model.name) == (labels, model)
+    assert (c.optim.name, c.optim.learning_rate, c.optim.layer_decay) == (
+      'adamw',
+      lr,
+      layer_decay,
+    )
+    assert (c.optim.weight_decay, c.optim.warmup_steps, c.optim.ema_decay) == (
+      5e-4,
+      5120,
+      0.0,
+    )
+    assert (c.batch_size, c.uratio, c.num_train_steps) == (8, 1, 204800)
+    assert (
+      config_lib.load_config(
+        f'usb_cv/{module.__name__.rsplit(".", 1)[1]}'
+      ).to_dict()
+      == c.to_dict()
+    )
 
 
 def test_cifar100_wrn28_8_variant():

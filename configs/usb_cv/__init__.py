@@ -1,0 +1,1 @@
+"""USB-CV configs: ViTs fine-tuned from pretrained weights with USB's recipe."""

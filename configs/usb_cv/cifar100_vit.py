@@ -1,0 +1,58 @@
+"""USB-CV CIFAR-100 with 200 labels (2 per class): ViT-S/2 at 32 px fine-tuned
+with USB's recipe, the numbers of USB's config/usb_cv/fixmatch/
+fixmatch_cifar100_200_0.yaml (microsoft/Semi-supervised-learning): AdamW, lr
+5e-4 with 5120 warm-up steps then the FixMatch cosine, layer-wise lr decay 0.5,
+weight decay 5e-4, 8 labeled + 8 unlabeled images a step, 204800 steps,
+threshold 0.95, stochastic depth 0.2, no parameter EMA (USB's ema_m 0.0).
+
+  python -m layermatch_jax.main --config=configs/usb_cv/cifar100_vit.py \
+      --workdir=DIR --config.model.init_from=vit_small_patch2_32_mlp_im_1k_32.safetensors
+
+Pretrained weights: USB fine-tunes from its own ViT-S/2 for 32 px images,
+vit_small_patch2_32_mlp_im_1k_32.pth from
+https://github.com/microsoft/Semi-supervised-learning/releases/download/v.0.0.0/vit_small_patch2_32_mlp_im_1k_32.pth
+Download it yourself (nothing is fetched). It is a PyTorch pickle, which this
+project does not read: convert it once to .safetensors (needs torch):
+
+  python -c "import torch, safetensors.torch as st; \
+sd = torch.load('vit_small_patch2_32_mlp_im_1k_32.pth', map_location='cpu')['model']; \
+st.save_file({k.removeprefix('module.'): v.contiguous() for k, v in sd.items()}, \
+'vit_small_patch2_32_mlp_im_1k_32.safetensors')"
+
+Its tensor names are timm's (models/pretrained.py maps them); the run prints
+what it loaded and skipped. Without model.init_from the ViT starts from random
+weights, which is not USB's setting. The algorithm stays configs/default.py's
+(LayerMatch); --config.algorithm=fixmatch is USB's FixMatch run.
+Needs TFDS cifar100 prepared: python tools/prepare_data.py --dataset=cifar100 --data_dir=DIR.
+Expected runtime and accuracy: not measured here (no accelerator). USB reports
+for FixMatch at this setting 29.60 +- 0.90 % error (best top-1 over training,
+3 seeds; results/usb_cv.csv), i.e. 70.4 % top-1; LayerMatch's: not known.
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.data.name = 'cifar100'
+  config.data.num_labels = 200
+  config.data.image_size = 32
+  # USB's CIFAR-100 constants (semilearn/datasets/cv_datasets/cifar.py).
+  config.data.mean = tuple(x / 255 for x in (129.3, 124.1, 112.4))
+  config.data.std = tuple(x / 255 for x in (68.2, 65.4, 70.4))
+  # crop_ratio 0.875: the weak view's 4 px reflect-pad crop, default's 0.125.
+  config.batch_size = 8
+  config.uratio = 1
+  config.num_train_steps = 204800
+  config.eval_every_steps = 2048
+  config.checkpoint_every_steps = 2048
+  config.log_every_steps = 256
+  config.model.name = 'vit_s2_32'  # USB's vit_small_patch2_32.
+  config.model.drop_path_rate = 0.2
+  config.optim.name = 'adamw'
+  config.optim.learning_rate = 5e-4
+  config.optim.warmup_steps = 5120
+  config.optim.layer_decay = 0.5
+  config.optim.weight_decay = 5e-4
+  config.optim.ema_decay = 0.0  # Evaluation with the live parameters.
+  return config

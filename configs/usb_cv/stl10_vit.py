@@ -1,0 +1,60 @@
+"""USB-CV STL-10 with 40 labels (4 per class; the 100k `unlabelled` images join
+the unlabeled pool): ViT-B/16 at 96 px fine-tuned with USB's recipe, the numbers
+of USB's config/usb_cv/fixmatch/fixmatch_stl10_40_0.yaml
+(microsoft/Semi-supervised-learning): AdamW, lr 1e-4 with 5120 warm-up steps
+then the FixMatch cosine, layer-wise lr decay 0.65, weight decay 5e-4, 8
+labeled + 8 unlabeled images a step, 204800 steps, threshold 0.95, stochastic
+depth 0.2, no parameter EMA (USB's ema_m 0.0).
+
+  python -m layermatch_jax.main --config=configs/usb_cv/stl10_vit.py \
+      --workdir=DIR --config.model.init_from=mae_pretrain_vit_base.safetensors
+
+Pretrained weights: USB fine-tunes from MAE's ViT-B/16 pretrained on
+ImageNet-1k (224 px), mae_pretrain_vit_base.pth from
+https://github.com/microsoft/Semi-supervised-learning/releases/download/v.0.0.0/mae_pretrain_vit_base.pth
+Download it yourself (nothing is fetched). It is a PyTorch pickle, which this
+project does not read: convert it once to .safetensors (needs torch):
+
+  python -c "import torch, safetensors.torch as st; \
+sd = torch.load('mae_pretrain_vit_base.pth', map_location='cpu')['model']; \
+st.save_file({k.removeprefix('module.'): v.contiguous() for k, v in sd.items()}, \
+'mae_pretrain_vit_base.safetensors')"
+
+Its tensor names are timm's (models/pretrained.py maps them); the 14x14
+position embeddings are resized to the 6x6 grid of 96 px (bilinearly here; USB
+resizes bicubically). Without model.init_from the ViT starts from random
+weights, which is not USB's setting. The algorithm stays configs/default.py's
+(LayerMatch); --config.algorithm=fixmatch is USB's FixMatch run.
+Needs TFDS stl10 prepared: python tools/prepare_data.py --dataset=stl10 --data_dir=DIR.
+Expected runtime and accuracy: not measured here (no accelerator). USB reports
+for FixMatch at this setting 16.15 +- 1.89 % error (best top-1 over training,
+3 seeds; results/usb_cv.csv), i.e. 83.9 % top-1; LayerMatch's: not known.
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.data.name = 'stl10'
+  config.data.num_labels = 40
+  config.data.image_size = 96
+  # USB's STL-10 constants (semilearn/datasets/cv_datasets/stl10.py).
+  config.data.mean = tuple(x / 255 for x in (112.4, 109.1, 98.6))
+  config.data.std = tuple(x / 255 for x in (68.4, 66.6, 68.5))
+  # crop_ratio 0.875: the weak view's 12 px reflect-pad crop, default's 0.125.
+  config.batch_size = 8
+  config.uratio = 1
+  config.num_train_steps = 204800
+  config.eval_every_steps = 2048
+  config.checkpoint_every_steps = 2048
+  config.log_every_steps = 256
+  config.model.name = 'vit_b16'  # At 96 px: USB's vit_base_patch16_96.
+  config.model.drop_path_rate = 0.2
+  config.optim.name = 'adamw'
+  config.optim.learning_rate = 1e-4
+  config.optim.warmup_steps = 5120
+  config.optim.layer_decay = 0.65
+  config.optim.weight_decay = 5e-4
+  config.optim.ema_decay = 0.0  # Evaluation with the live parameters.
+  return config
