@@ -18,7 +18,7 @@ import pytest
 from flax import traverse_util
 from safetensors.numpy import save_file
 
-from layermatch_jax import checkpoint, data, evaluation, models, optim
+from layermatch_jax import checkpoint, cli_util, data, evaluation, models, optim
 from layermatch_jax import train_step as ts
 from layermatch_jax.learner import Learner
 from layermatch_jax.models import pretrained
@@ -473,3 +473,63 @@ def test_tiny_vit_learns_digits_from_50_labels():
     [source.test[i]['image'] for i in range(len(source.test))]
   )
   assert learner.accuracy(state, test_images, source.test.labels) > 0.35
+
+
+class _FakeTorchTensor:
+  """What the converter needs of a torch tensor: shape, detach().cpu().float().numpy()."""
+
+  def __init__(self, array):
+    self._array, self.shape = array, array.shape
+
+  def detach(self):
+    return self
+
+  def cpu(self):
+    return self
+
+  def float(self):
+    return self
+
+  def numpy(self):
+    return self._array.astype(np.float32)
+
+
+def test_converted_usb_state_dict_loads_as_timm(tmp_path):
+  """A USB-style checkpoint ({'model': state dict}, DataParallel's `module.`
+  prefix, torch tensors) becomes a .safetensors that init_from loads."""
+  from layermatch_jax.commands import convert_checkpoint  # pylint: disable=g-import-not-at-top
+
+  params = _tiny_params()
+  known = _known_backbone(params)
+  state_dict = {
+    f'module.{k}': _FakeTorchTensor(v) for k, v in _to_timm(known).items()
+  }
+  checkpoint = {'model': state_dict, 'epoch': 7}
+  arrays, skipped = convert_checkpoint.state_dict_arrays(checkpoint)
+  assert skipped == [] and not any(k.startswith('module.') for k in arrays)
+  out = str(tmp_path / 'usb.safetensors')
+  convert_checkpoint.write_safetensors(arrays, out)
+  loaded, report = pretrained.load_pretrained(params, out, 8)
+  _assert_backbone_is(loaded, known)
+  assert report.scheme == 'timm'
+  with pytest.raises(cli_util.ToolError, match='exists: give a new path'):
+    convert_checkpoint.write_safetensors(arrays, out)  # Never overwritten.
+
+
+def test_convert_checkpoint_cli_errors(tmp_path):
+  from layermatch_jax.commands import convert_checkpoint  # pylint: disable=g-import-not-at-top
+
+  with pytest.raises(cli_util.ToolError, match='does not exist'):
+    convert_checkpoint.main([f'--pth={tmp_path / "x.pth"}', '--out=y'])
+  pth = tmp_path / 'x.pth'
+  pth.write_bytes(b'not a pickle')
+  try:
+    import torch  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
+
+    needle = 'cannot be read by torch.load'
+  except ImportError:
+    needle = 'needs torch, which is not installed'
+  with pytest.raises(cli_util.ToolError, match=needle):
+    convert_checkpoint.main([f'--pth={pth}', f'--out={tmp_path / "y"}'])
+  with pytest.raises(cli_util.ToolError, match='not a state dict'):
+    convert_checkpoint.state_dict_arrays([1, 2])

@@ -14,10 +14,8 @@ https://github.com/microsoft/Semi-supervised-learning/releases/download/v.0.0.0/
 Download it yourself (nothing is fetched). It is a PyTorch pickle, which this
 project does not read: convert it once to .safetensors (needs torch):
 
-  python -c "import torch, safetensors.torch as st; \
-sd = torch.load('vit_small_patch2_32_mlp_im_1k_32.pth', map_location='cpu')['model']; \
-st.save_file({k.removeprefix('module.'): v.contiguous() for k, v in sd.items()}, \
-'vit_small_patch2_32_mlp_im_1k_32.safetensors')"
+  python tools/convert_checkpoint.py --pth=vit_small_patch2_32_mlp_im_1k_32.pth \
+      --out=vit_small_patch2_32_mlp_im_1k_32.safetensors
 
 Its tensor names are timm's (models/pretrained.py maps them); the run prints
 what it loaded and skipped. Without model.init_from the ViT starts from random

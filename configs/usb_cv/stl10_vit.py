@@ -15,10 +15,8 @@ https://github.com/microsoft/Semi-supervised-learning/releases/download/v.0.0.0/
 Download it yourself (nothing is fetched). It is a PyTorch pickle, which this
 project does not read: convert it once to .safetensors (needs torch):
 
-  python -c "import torch, safetensors.torch as st; \
-sd = torch.load('mae_pretrain_vit_base.pth', map_location='cpu')['model']; \
-st.save_file({k.removeprefix('module.'): v.contiguous() for k, v in sd.items()}, \
-'mae_pretrain_vit_base.safetensors')"
+  python tools/convert_checkpoint.py --pth=mae_pretrain_vit_base.pth \
+      --out=mae_pretrain_vit_base.safetensors
 
 Its tensor names are timm's (models/pretrained.py maps them); the 14x14
 position embeddings are resized to the 6x6 grid of 96 px (bilinearly here; USB

@@ -11,6 +11,7 @@
   layermatch-show-augment           python tools/show_augment.py    show_augment.py
   layermatch-make-example-folder    python tools/make_example_folder.py
   layermatch-prepare-data           python tools/prepare_data.py    prepare_data.py
+  layermatch-convert-checkpoint     python tools/convert_checkpoint.py
 
 Each tools/NAME.py is a shim that runs the module's `run()`, so the two forms
 take the same arguments and behave alike. Bad input ends with one line
