@@ -68,6 +68,23 @@ def test_bfloat16_computes_in_bf16_with_float32_params():
   assert 0 < diff < 0.1 * float(jnp.max(jnp.abs(logits32))) + 1e-2
 
 
+def test_bfloat16_batchnorm_statistics_stay_float32():
+  """A train-mode pass in bf16 updates BatchNorm's running statistics in float32."""
+  cfg = ml_collections.ConfigDict(dict(name='wrn10_1', dtype='bfloat16'))
+  model = models.create_model(cfg, 10, axis_name=None)
+  x = jax.random.uniform(jax.random.key(1), (4, 8, 8, 3))
+  variables = model.init(jax.random.key(0), x, train=False)
+  _, updated = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  stats = jax.tree.leaves(updated['batch_stats'])
+  assert stats and {s.dtype for s in stats} == {jnp.dtype('float32')}
+  changed = jax.tree.map(
+    lambda a, b: bool(jnp.any(a != b)),
+    variables['batch_stats'],
+    updated['batch_stats'],
+  )
+  assert any(jax.tree.leaves(changed))  # The statistics did move.
+
+
 def test_unknown_model_and_dtype_name_the_choices():
   with pytest.raises(
     ValueError, match=r"model.name='wrn99' is not one of \[.*'wrn28_2'"
