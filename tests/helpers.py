@@ -99,3 +99,35 @@ def run_on_devices(
     )
     history.append(metrics)
   return learner.host(state), history
+
+
+def train_on_digits(config):
+  """`config.num_train_steps` steps on the digits on one device.
+
+  Returns (learner, state, source, per-step metrics): the learning tests'
+  common loop (the split drawn from config.seed, batches as the pipeline makes).
+  """
+  from layermatch_jax import data  # pylint: disable=g-import-not-at-top
+
+  source = data.load_source(config.data)
+  split = data.make_split(source, config.data.num_labels, config.seed)
+  batches = data.make_train_iterator(source, split, config, num_devices=1)
+  learner = Learner(
+    config,
+    source.num_classes,
+    source.image_shape,
+    devices=jax.local_devices()[:1],
+    unlabeled_pool_size=data.unlabeled_pool_size(source),
+  )
+  state = learner.init_state()
+  history = []
+  for _ in range(config.num_train_steps):
+    state, metrics = learner.step(state, next(batches), sharded=True)
+    history.append(metrics)
+  return learner, state, source, history
+
+
+def digits_accuracy(learner, state, source) -> float:
+  """Top-1 of the EMA parameters on the source's whole test set."""
+  images = np.stack([source.test[i]['image'] for i in range(len(source.test))])
+  return learner.accuracy(state, images, source.test.labels)

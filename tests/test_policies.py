@@ -10,11 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from layermatch_jax import data
 from layermatch_jax.algorithms import policies, presets
 from layermatch_jax.algorithms.policies import PolicyConfig, PolicyInputs
-from layermatch_jax.learner import Learner
-from tests.helpers import random_views, run_on_devices, tiny_config
+from tests.helpers import (
+  random_views,
+  run_on_devices,
+  tiny_config,
+  train_on_digits,
+)
 
 
 def _select(state, probs, pc, **inputs):
@@ -458,22 +461,8 @@ def test_policy_learns_digits(algorithm, policy):
       'pseudo_label.softmatch.ema_momentum': 0.99,
     },
   )
-  source = data.load_source(config.data)
-  split = data.make_split(source, config.data.num_labels, config.seed)
-  batches = data.make_train_iterator(source, split, config, num_devices=1)
-  learner = Learner(
-    config,
-    source.num_classes,
-    source.image_shape,
-    devices=jax.local_devices()[:1],
-    unlabeled_pool_size=data.unlabeled_pool_size(source),
-  )
+  learner, _, _, history = train_on_digits(config)
   assert learner.step_config.use_clustering == (algorithm == 'layermatch')
-  state = learner.init_state()
-  history = []
-  for _ in range(steps):
-    state, metrics = learner.step(state, next(batches), sharded=True)
-    history.append(metrics)
 
   mean = lambda key, sl: float(np.mean([m[key] for m in history[sl]]))
   # Pseudo-labels from chance (0.1) to mostly right, and they train.

@@ -18,13 +18,18 @@ import pytest
 from flax import traverse_util
 from safetensors.numpy import save_file
 
-from layermatch_jax import checkpoint, cli_util, data, evaluation, models, optim
+from layermatch_jax import checkpoint, cli_util, evaluation, models, optim
 from layermatch_jax import train_step as ts
 from layermatch_jax.learner import Learner
 from layermatch_jax.models import pretrained
 from layermatch_jax.models.vit import ViT
 from layermatch_jax.state import create_train_state
-from tests.helpers import random_views, tiny_config
+from tests.helpers import (
+  digits_accuracy,
+  random_views,
+  tiny_config,
+  train_on_digits,
+)
 
 K = 4  # classes
 TINY = dict(patch_size=4, width=32, depth=2, num_heads=2, mlp_dim=64)
@@ -456,23 +461,9 @@ def test_tiny_vit_learns_digits_from_50_labels():
       'num_train_steps': 300,
     },
   )
-  source = data.load_source(config.data)
-  split = data.make_split(source, config.data.num_labels, config.seed)
-  batches = data.make_train_iterator(source, split, config, num_devices=1)
-  learner = Learner(
-    config,
-    source.num_classes,
-    source.image_shape,
-    devices=jax.local_devices()[:1],
-  )
-  state = learner.init_state()
-  for _ in range(config.num_train_steps):
-    state, metrics = learner.step(state, next(batches), sharded=True)
-  assert metrics['loss_sup'] < 1.5
-  test_images = np.stack(
-    [source.test[i]['image'] for i in range(len(source.test))]
-  )
-  assert learner.accuracy(state, test_images, source.test.labels) > 0.35
+  learner, state, source, history = train_on_digits(config)
+  assert history[-1]['loss_sup'] < 1.5
+  assert digits_accuracy(learner, state, source) > 0.35
 
 
 class _FakeTorchTensor:
