@@ -63,6 +63,8 @@ def get_config():
   # Host pipeline: grain threads and prefetched batches; folder decoding.
   config.data.num_threads = 2
   config.data.prefetch_batches = 4
+  # Train batches copied to the devices ahead of their step (0: in the step).
+  config.data.device_prefetch = 2
   config.data.max_memory_mb = (
     8192  # Larger folders are decoded per access, not held.
   )

@@ -156,6 +156,12 @@ def validate(config):
     'a fraction in (0, 1) of each class, a whole count >= 1, or 0 (no evaluation); '
     'used when an image folder has no test/',
   )
+  _check(
+    config,
+    'data.device_prefetch',
+    lambda v: _is_int(v) and v >= 0,
+    'an integer >= 0 (train batches on the devices ahead of their step; 0: none)',
+  )
   _check(config, 'keep_checkpoints', *positive_int)
   _check(config, 'resume', lambda v: isinstance(v, bool), 'True or False')
   _check(config, 'uratio', lambda v: _is_int(v) and v >= 0, 'an integer >= 0')

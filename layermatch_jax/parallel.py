@@ -88,3 +88,32 @@ def shard(tree, num_devices: int):
     return x.reshape(num_devices, x.shape[0] // num_devices, *x.shape[1:])
 
   return jax.tree.map(reshape, tree)
+
+
+def put_sharded(tree, devices: Optional[Sequence[jax.Device]] = None):
+  """Host arrays [local devices, ...] onto the devices, as pmap lays out inputs.
+
+  Row i goes to local device i. With several processes the arrays are the
+  process's part of one global array over every process's devices, as pmap
+  builds from host arrays itself; a local-only array there would be a second
+  input layout (and a second compilation).
+  """
+  devices = list(devices or jax.local_devices())
+  if jax.process_count() > 1:
+    mesh_devices = jax.devices()
+  else:
+    mesh_devices = devices
+  mesh = jax.sharding.Mesh(np.asarray(mesh_devices), (AXIS,))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+
+  def put(x):
+    x = np.asarray(x)
+    if x.shape[0] != len(devices):
+      raise ValueError(
+        f'array of leading size {x.shape[0]} does not match {len(devices)} '
+        'local devices'
+      )
+    global_shape = (len(mesh_devices), *x.shape[1:])
+    return jax.make_array_from_process_local_data(sharding, x, global_shape)
+
+  return jax.tree.map(put, tree)

@@ -18,7 +18,7 @@ from layermatch_jax import checkpoint as checkpoint_lib
 from layermatch_jax import cli_util
 from layermatch_jax import config_lib, data, distributed, evaluation
 from layermatch_jax import metrics as metrics_lib
-from layermatch_jax import preemption
+from layermatch_jax import prefetch, preemption
 from layermatch_jax import probe as probe_lib
 from layermatch_jax.learner import Learner
 
@@ -108,7 +108,7 @@ class _Run:
   learner: Learner
   ckpt: checkpoint_lib.Checkpointer
   meta: dict  # What a checkpoint must agree on (checkpoint.state_meta).
-  train_iter: Any
+  train_iter: prefetch.DevicePrefetch  # Its state: after the last batch taken.
   eval_pass: Optional[Callable]  # A fresh pass over the test set; None: none.
   writer: metrics_lib.MetricWriter
   progress: metrics_lib.Progress
@@ -156,8 +156,12 @@ def _set_up(config, workdir: str) -> _Run:
     meta=checkpoint_lib.state_meta(
       config, source.num_classes, source.image_shape
     ),
-    train_iter=data.make_train_iterator(
-      source, split, config, num_devices=learner.num_devices, **processes
+    train_iter=prefetch.DevicePrefetch(
+      data.make_train_iterator(
+        source, split, config, num_devices=learner.num_devices, **processes
+      ),
+      int(config.data.get('device_prefetch', 2)),
+      learner.devices,
     ),
     eval_pass=eval_pass if summary['evaluation'] else None,
     writer=metrics_lib.MetricWriter(workdir, enabled=is_chief),

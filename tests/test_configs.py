@@ -191,3 +191,18 @@ def test_vit_settings_are_checked(tmp_path):
     config_lib.ConfigError, match='drop_path_rate=1.0 is not valid'
   ):
     config_lib.validate(config)
+
+
+@pytest.mark.parametrize('value', [-1, None])
+def test_device_prefetch_is_checked(value):
+  from configs import default
+
+  c = default.get_config()
+  assert c.data.device_prefetch == 2  # Double buffering by default.
+  c.data.device_prefetch = value
+  with pytest.raises(
+    config_lib.ConfigError,
+    match=rf'config.data.device_prefetch={value!r} is not valid: use an '
+    'integer >= 0',
+  ):
+    config_lib.validate(c)
