@@ -74,6 +74,7 @@ def random_batch(
     labeled_label=rng.integers(
       0, num_classes, (num_devices, b), dtype=np.int32
     ),
+    labeled_index=rng.integers(0, pool_size, (num_devices, b), dtype=np.int32),
     unlabeled_image=rng.integers(
       0, 256, (num_devices, u, *image_shape), dtype=np.uint8
     ),
