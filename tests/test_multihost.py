@@ -119,3 +119,98 @@ def test_two_processes_match_one_process_with_all_devices(tmp_path):
   assert step == 6 and data_state['iterator'] == ref_data['iterator']
   for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(ref_state)):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+
+
+def _start_two(workdir, tmp_path, tag, *args):
+  """Two trainer processes (2 devices each) on localhost; output to files."""
+  address = f'localhost:{_free_port()}'
+  procs, logs = [], []
+  for i in range(2):
+    out, err = tmp_path / f'{tag}_stdout{i}', tmp_path / f'{tag}_stderr{i}'
+    logs.append((out, err))
+    with open(out, 'w') as out_file, open(err, 'w') as err_file:
+      procs.append(
+        subprocess.Popen(
+          cli.command(
+            workdir,
+            *args,
+            f'--coordinator_address={address}',
+            '--num_processes=2',
+            f'--process_id={i}',
+          ),
+          cwd=cli.ROOT,
+          env=cli.env(devices=2),
+          stdout=out_file,
+          stderr=err_file,
+        )
+      )
+  return procs, logs
+
+
+def _wait_all(procs, timeout=600):
+  try:
+    for p in procs:
+      p.wait(timeout=timeout)
+  finally:
+    for p in procs:
+      p.kill()
+
+
+def test_sigterm_to_both_processes_stops_them_after_one_step_and_resumes(
+  tmp_path,
+):
+  """Both processes get SIGTERM (a TPU slice's maintenance event): they agree
+  on one step, checkpoint after it, exit 143, and the resumed run ends where an
+  uninterrupted one does."""
+  import re
+  import signal
+  import time
+
+  total = 30
+  args = (
+    f'--config.num_train_steps={total}',
+    '--config.checkpoint_every_steps=1000',
+    '--config.eval_every_steps=1000',
+    '--config.log_every_steps=1',
+    '--config.algorithm=layermatch',
+    '--config.pseudo_label.threshold=0.3',
+  )
+  reference = cli.run(tmp_path / 'reference', *args, devices=4)
+  assert reference.returncode == 0, reference.stderr[-2000:]
+
+  workdir = tmp_path / 'multi'
+  procs, logs = _start_two(workdir, tmp_path, 'first', *args)
+  deadline = time.time() + 600
+  while time.time() < deadline:  # Until process 0 has logged step 3.
+    steps = re.findall(rf'step (\d+)/{total}', logs[0][0].read_text())
+    if (
+      steps and int(steps[-1]) >= 3 or any(p.poll() is not None for p in procs)
+    ):
+      break
+    time.sleep(0.2)
+  for p in procs:
+    p.send_signal(signal.SIGTERM)
+  _wait_all(procs)
+  outs = [(out.read_text(), err.read_text()) for out, err in logs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 128 + signal.SIGTERM, _why(err)
+  m = re.search(r'Stopped by SIGTERM after step (\d+)', outs[0][0])
+  assert m, outs[0][0][-2000:]
+  stopped = int(m.group(1))
+  assert 3 <= stopped < total
+  # One checkpoint, written by both processes after the same step.
+  assert os.listdir(workdir / 'checkpoints') == [str(stopped)]
+
+  procs, logs = _start_two(workdir, tmp_path, 'again', *args)
+  _wait_all(procs)
+  for p, (_, err) in zip(procs, logs):
+    assert p.returncode == 0, _why(err.read_text())
+  assert f'checkpoints/{stopped}' in logs[0][0].read_text()  # Resumed there.
+  train = [r['step'] for r in _records(workdir) if r['split'] == 'train']
+  assert train == list(range(1, total + 1))
+
+  state, data_state, step = cli.saved_state(workdir)
+  ref_state, ref_data, _ = cli.saved_state(tmp_path / 'reference')
+  assert step == total and data_state['iterator'] == ref_data['iterator']
+  for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(ref_state)):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
