@@ -6,6 +6,8 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from layermatch_jax.models import conv as conv_lib
+
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
@@ -64,6 +66,8 @@ class ResNet(nn.Module):
       padding='SAME',
       kernel_init=conv_init,
       dtype=self.dtype,
+      # XLA:CPU's weight gradient is slow; models/conv.py works around it.
+      conv_general_dilated=conv_lib.for_backend(),
     )
     x = conv(self.width, (7, 7), 2, name='stem')(x.astype(self.dtype))
     x = nn.relu(norm(name='bn_stem')(x))

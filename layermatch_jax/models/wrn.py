@@ -12,6 +12,8 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from layermatch_jax.models import conv as conv_lib
+
 # Kaiming normal with fan-out (He et al.), the init of the reference WRNs.
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
@@ -82,6 +84,8 @@ class WideResNet(nn.Module):
       padding='SAME',
       kernel_init=conv_init,
       dtype=self.dtype,
+      # XLA:CPU's weight gradient is slow; models/conv.py works around it.
+      conv_general_dilated=conv_lib.for_backend(),
     )
 
     x = conv(16, (3, 3), 1, name='stem')(x.astype(self.dtype))
