@@ -94,7 +94,7 @@ def quick(tmp_path_factory):
 
 
 def test_every_field_is_documented():
-  for field in ROW_FIELDS | INPUT_FIELDS | ENVIRONMENT_FIELDS:
+  for field in ROW_FIELDS | INPUT_FIELDS | ENVIRONMENT_FIELDS | {'wall_s'}:
     assert field in ab.__doc__, field
 
 
@@ -183,6 +183,12 @@ def test_peer_runs_when_torch_imports_else_says_why(quick):
     assert math.isfinite(r['pytorch']['final_loss'])
 
 
+def test_wall_time_of_each_section(quick):
+  result, _ = quick
+  assert list(result['wall_s']) == ['steps', 'input', 'peer', 'learning']
+  assert all(v > 0 for v in result['wall_s'].values())
+
+
 def test_learning_run_learns(quick):
   result, stdout = quick
   learn = result['learning']
@@ -202,6 +208,12 @@ def test_learning_run_learns(quick):
     (('--learn_seconds=-1',), '--learn_seconds=-1.0 is not valid'),
     (('--preset=huge',), "invalid choice: 'huge'"),
     (('--data=/nonexistent/cifar',), 'is neither a folder nor a .tar.gz'),
+    (
+      ('--dtypes=float16',),
+      '--dtypes=float16 is not valid for --preset=accelerator: use a '
+      'comma-separated subset of float32,bfloat16',
+    ),
+    (('--preset=quick', '--cases=wrn28_2'), 'subset of wrn10_1-8px'),
   ],
 )
 def test_bad_input_is_one_line(tmp_path, args, message):
