@@ -97,6 +97,9 @@ def get_config():
   # random one at the start of a run (models/pretrained.py). None: from scratch.
   config.model.drop_path_rate = 0.0
   config.model.init_from = config_dict.placeholder(str)
+  # How init_from's position embeddings are resized to a new grid: 'bilinear'
+  # (big_vision) or 'bicubic' (torch's, as USB and timm).
+  config.model.posemb_resize = 'bilinear'
 
   config.optim = ml_collections.ConfigDict()
   # 'sgd' (the classic recipe: SGD + Nesterov, coupled L2) or 'adamw' (USB's

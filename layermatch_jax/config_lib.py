@@ -6,6 +6,7 @@ import os
 
 from layermatch_jax import cli_util
 from layermatch_jax import models
+from layermatch_jax.models import pretrained
 from layermatch_jax import optim
 from layermatch_jax.algorithms import grad_relu, policies, presets
 from layermatch_jax.data import pipeline
@@ -77,6 +78,13 @@ def _check_vit(config):
         f'config.model.init_from={init_from!r} is not a file: give a local '
         'AugReg/big_vision .npz or timm .safetensors file, or leave it unset'
       )
+  _check(
+    config,
+    'model.posemb_resize',
+    lambda v: v in pretrained.POSEMB_RESIZES,
+    f"one of {list(pretrained.POSEMB_RESIZES)} (how init_from's position "
+    'embeddings fit a new grid)',
+  )
   if vit:
     patch = models.BACKBONES[model.name][1]['patch_size']
     if config.data.image_size % patch:

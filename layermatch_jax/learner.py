@@ -86,6 +86,7 @@ class Learner:
       policy=self.step_config.pseudo_label.name,
       unlabeled_pool_size=self.unlabeled_pool_size,
       init_from=init_from,
+      posemb_resize=self.config.model.get('posemb_resize', 'bilinear'),
     )
 
   def init_state(self, seed: Optional[int] = None) -> TrainState:

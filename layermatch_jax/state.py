@@ -39,13 +39,15 @@ def create_train_state(
   policy: str = 'fixed',
   unlabeled_pool_size: Optional[int] = None,
   init_from: Optional[str] = None,
+  posemb_resize: str = 'bilinear',
 ) -> TrainState:
   """Initialises a model's variables (on the host's default device).
 
   `policy` names the pseudo-label policy whose state to create; FlexMatch needs
   `unlabeled_pool_size` (data.unlabeled_pool_size(source)). `init_from`
   (model.init_from): a ViT checkpoint file whose backbone replaces the random
-  one (`with_pretrained_backbone`); not read when traced (jax.eval_shape).
+  one (`with_pretrained_backbone`, its position embeddings resized by
+  `posemb_resize`); not read when traced (jax.eval_shape).
   """
 
   def build(rng):
@@ -75,17 +77,24 @@ def create_train_state(
     return init(rng)
   state = init.lower(rng).compile(_init_compiler_options())(rng)
   if init_from:
-    state, report = with_pretrained_backbone(state, tx, init_from, image_shape)
+    state, report = with_pretrained_backbone(
+      state, tx, init_from, image_shape, posemb_resize
+    )
     # The counts and what was left out; str(report) also names every tensor loaded.
     print('\n'.join(report.lines(loaded=False)), flush=True)
   return state
 
 
-def with_pretrained_backbone(state: TrainState, tx, path: str, image_shape):
+def with_pretrained_backbone(
+  state: TrainState, tx, path: str, image_shape, posemb_resize='bilinear'
+):
   """(state, report): the backbone of params and EMA params loaded from `path`
   (models/pretrained.py), the head as initialised, a fresh optimizer state."""
   params, report = pretrained.load_pretrained(
-    jax.device_get(state.params), path, tuple(image_shape[:2])
+    jax.device_get(state.params),
+    path,
+    tuple(image_shape[:2]),
+    posemb_resize,
   )
   params = jax.tree.map(jnp.asarray, params)
   return state.replace(

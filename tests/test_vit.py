@@ -256,7 +256,7 @@ def test_position_embeddings_resized_with_the_class_token_apart(tmp_path):
     source[0, 1:].reshape(4, 4, 32), (8, 8, 32), 'bilinear'
   )
   np.testing.assert_allclose(pos[0, 1:], np.reshape(want, (64, 32)), atol=1e-6)
-  assert 'resized to 8x8' in dict(report.loaded)[pretrained.POS]
+  assert 'resized bilinearly to 8x8' in dict(report.loaded)[pretrained.POS]
   # Shrinking (8x8 -> 4x4) matches jax's antialiased bilinear resize too.
   grid = np.random.default_rng(0).normal(size=(8, 8, 3)).astype(np.float32)
   np.testing.assert_allclose(
@@ -524,3 +524,83 @@ def test_convert_checkpoint_cli_errors(tmp_path):
     convert_checkpoint.main([f'--pth={pth}', f'--out={tmp_path / "y"}'])
   with pytest.raises(cli_util.ToolError, match='not a state dict'):
     convert_checkpoint.state_dict_arrays([1, 2])
+
+
+# torch 2.13's F.interpolate(mode='bicubic', align_corners=False) of
+# arange(16).reshape(4, 4) ** 2 / 10 to 3x3 (what USB resizes position
+# embeddings with), written down once here so the test runs without torch.
+TORCH_BICUBIC_4_TO_3 = [
+  [0.168172, 0.510185, 1.269791],
+  [3.560532, 5.4125, 7.682061],
+  [13.634374, 16.996296, 20.77581],
+]
+
+
+def test_bicubic_resize_is_torchs():
+  grid = np.arange(16, dtype=np.float32).reshape(4, 4, 1) ** 2 / 10
+  np.testing.assert_allclose(
+    pretrained.resize_bicubic(grid, (3, 3))[..., 0],
+    TORCH_BICUBIC_4_TO_3,
+    atol=2e-5,
+  )
+  np.testing.assert_allclose(  # The same size: unchanged.
+    pretrained.resize_bicubic(grid, (4, 4)), grid, atol=1e-6
+  )
+  constant = np.full((14, 14, 2), 0.7, np.float32)  # Weights sum to 1.
+  np.testing.assert_allclose(
+    pretrained.resize_bicubic(constant, (6, 6)), 0.7, atol=1e-6
+  )
+
+
+def test_bicubic_resize_against_torch_itself():
+  torch = pytest.importorskip('torch')
+  grid = np.random.default_rng(0).normal(size=(14, 14, 5)).astype(np.float32)
+  for size in ((6, 6), (24, 24), (14, 7)):
+    want = torch.nn.functional.interpolate(
+      torch.from_numpy(grid.transpose(2, 0, 1))[None],
+      size=size,
+      mode='bicubic',
+      align_corners=False,
+    )[0].numpy()
+    np.testing.assert_allclose(
+      pretrained.resize_bicubic(grid, size), want.transpose(1, 2, 0), atol=1e-5
+    )
+
+
+def test_posemb_resize_bicubic_when_loading(tmp_path):
+  small = _tiny_params(size=16)  # 4x4 grid
+  known = _known_backbone(small)
+  path = str(tmp_path / 'small.npz')
+  np.savez(path, **known)
+  large = _tiny_params(size=32, seed=3)  # 8x8 grid
+  loaded, report = pretrained.load_pretrained(
+    large, path, 32, posemb_resize='bicubic'
+  )
+  pos = loaded['backbone']['Transformer']['posembed_input']['pos_embedding']
+  source = known[pretrained.POS]
+  np.testing.assert_array_equal(pos[0, 0], source[0, 0])  # Class row apart.
+  want = pretrained.resize_bicubic(source[0, 1:].reshape(4, 4, 32), (8, 8))
+  np.testing.assert_allclose(pos[0, 1:], want.reshape(64, 32), atol=1e-6)
+  bilinear = pretrained.resize_bilinear(source[0, 1:].reshape(4, 4, 32), (8, 8))
+  assert not np.allclose(want, bilinear, atol=1e-3)  # The choice matters.
+  assert 'resized bicubically to 8x8' in dict(report.loaded)[pretrained.POS]
+  with pytest.raises(ValueError, match="posemb_resize='nearest' is not one"):
+    pretrained.load_pretrained(large, path, 32, posemb_resize='nearest')
+
+
+def test_posemb_resize_config_is_checked():
+  from configs import default
+  from configs.usb_cv import cifar100_vit
+
+  from layermatch_jax import config_lib
+
+  assert cifar100_vit.get_config().model.posemb_resize == 'bicubic'  # USB's.
+  c = default.get_config()
+  assert c.model.posemb_resize == 'bilinear'
+  c.model.posemb_resize = 'nearest'
+  with pytest.raises(
+    config_lib.ConfigError,
+    match="config.model.posemb_resize='nearest' is not valid: use one of "
+    r"\['bilinear', 'bicubic'\]",
+  ):
+    config_lib.validate(c)

@@ -19,8 +19,8 @@ project does not read: convert it once to .safetensors (needs torch):
       --out=mae_pretrain_vit_base.safetensors
 
 Its tensor names are timm's (models/pretrained.py maps them); the 14x14
-position embeddings are resized to the 6x6 grid of 96 px (bilinearly here; USB
-resizes bicubically). Without model.init_from the ViT starts from random
+position embeddings are resized to the 6x6 grid of 96 px bicubically, as USB
+does (model.posemb_resize). Without model.init_from the ViT starts from random
 weights, which is not USB's setting. The algorithm stays configs/default.py's
 (LayerMatch); --config.algorithm=fixmatch is USB's FixMatch run.
 Needs TFDS stl10 prepared: python tools/prepare_data.py --dataset=stl10 --data_dir=DIR.

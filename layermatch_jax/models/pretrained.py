@@ -16,10 +16,13 @@ Two naming schemes, told apart by the file's contents, not its name:
 
 The classifier head (`head/*`, `head.*`; also AugReg's `pre_logits`) is never
 loaded: the task's classes differ, so `params['head']` stays as initialised.
-Position embeddings are resized bilinearly on their grid when the model's grid
-(image_size / patch size) differs from the file's; the class token's row is
-kept apart. Every backbone tensor must come from the file (else ValueError);
-file tensors this ViT has no place for are skipped and reported.
+Position embeddings are resized on their grid when the model's grid
+(image_size / patch size) differs from the file's, bilinearly (with
+antialiasing, as jax.image.resize) or bicubically (as torch's
+F.interpolate(mode='bicubic', align_corners=False), what USB and older timm
+do); the class token's row is kept apart. Every backbone tensor must come
+from the file (else ValueError); file tensors this ViT has no place for are
+skipped and reported.
 """
 
 import dataclasses
@@ -61,15 +64,25 @@ class LoadReport:
     return '\n'.join(self.lines())
 
 
-def load_pretrained(params, path: str, image_size) -> Tuple[dict, LoadReport]:
+POSEMB_RESIZES = ('bilinear', 'bicubic')
+
+
+def load_pretrained(
+  params, path: str, image_size, posemb_resize: str = 'bilinear'
+) -> Tuple[dict, LoadReport]:
   """Returns (params with the backbone loaded from `path`, report).
 
   `params`: the Classifier's {'backbone', 'head'} (or a bare ViT backbone tree);
   `image_size`: the model's input size, int or (height, width), which fixes the
-  position embeddings' grid. Raises ValueError (one line naming the file or
-  tensor and the shapes) for a file that is neither format, a tensor whose shape
-  does not fit, or a backbone tensor the file lacks.
+  position embeddings' grid; `posemb_resize`: one of POSEMB_RESIZES. Raises
+  ValueError (one line naming the file or tensor and the shapes) for a file
+  that is neither format, a tensor whose shape does not fit, or a backbone
+  tensor the file lacks.
   """
+  if posemb_resize not in POSEMB_RESIZES:
+    raise ValueError(
+      f'posemb_resize={posemb_resize!r} is not one of {POSEMB_RESIZES}'
+    )
   params = traverse_util.unflatten_dict(traverse_util.flatten_dict(params))
   backbone = params['backbone'] if 'backbone' in params else params
   model = traverse_util.flatten_dict(backbone, sep='/')
@@ -101,7 +114,14 @@ def load_pretrained(params, path: str, image_size) -> Tuple[dict, LoadReport]:
     target = model[dst]
     if dst == POS:
       array, how = _fit_pos_embedding(
-        tensors[src], target.shape, 'cls' in model, src, image_hw, model, path
+        tensors[src],
+        target.shape,
+        'cls' in model,
+        src,
+        image_hw,
+        model,
+        path,
+        posemb_resize,
       )
     else:
       array, how = convert(tensors[src], target.shape, src, path), src
@@ -287,7 +307,9 @@ def _square_side(n: int):
   return side if side * side == n else None
 
 
-def _fit_pos_embedding(pos, shape, model_has_cls, src, image_hw, model, path):
+def _fit_pos_embedding(
+  pos, shape, model_has_cls, src, image_hw, model, path, resize='bilinear'
+):
   """The file's [1, (1 +) g*g, D] embeddings fitted to the model's [1, T, D]."""
   pos = np.asarray(pos)
   if pos.ndim == 2:
@@ -317,9 +339,11 @@ def _fit_pos_embedding(pos, shape, model_has_cls, src, image_hw, model, path):
   side = _square_side(len(patches))
   how = src
   if (side, side) != grid:
-    patches = resize_bilinear(patches.reshape(side, side, -1), grid)
+    resize_fn = resize_bicubic if resize == 'bicubic' else resize_bilinear
+    patches = resize_fn(patches.reshape(side, side, -1), grid)
     patches = patches.reshape(grid[0] * grid[1], -1)
-    how += f' (grid {side}x{side} resized to {grid[0]}x{grid[1]})'
+    adverb = {'bilinear': 'bilinearly', 'bicubic': 'bicubically'}[resize]
+    how += f' (grid {side}x{side} resized {adverb} to {grid[0]}x{grid[1]})'
   if model_has_cls:
     if cls_row is None:
       cls_row = np.zeros((1, pos.shape[2]), pos.dtype)
@@ -350,6 +374,38 @@ def resize_bilinear(grid: np.ndarray, size) -> np.ndarray:
   """A [h, w, D] grid resized to [size[0], size[1], D], in float32."""
   w_h = _linear_weights(grid.shape[0], size[0]).astype(np.float32)
   w_w = _linear_weights(grid.shape[1], size[1]).astype(np.float32)
+  return np.einsum('ai,bj,abd->ijd', w_h, w_w, grid.astype(np.float32))
+
+
+def _cubic_weights(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
+  """[n_in, n_out] weights of torch's 1-D bicubic resampling.
+
+  F.interpolate(mode='bicubic', align_corners=False): output sample i sits at
+  input coordinate (i + 0.5) n_in / n_out - 0.5; Keys' cubic kernel with
+  a = -0.75 over the 4 nearest inputs, indices clamped at the borders, no
+  antialiasing when shrinking.
+  """
+  weights = np.zeros((n_in, n_out), np.float64)
+  for i in range(n_out):
+    x = (i + 0.5) * n_in / n_out - 0.5
+    base = int(np.floor(x))
+    t = x - base
+    for k in range(-1, 3):
+      d = abs(t - k)
+      if d <= 1:
+        w = (a + 2) * d**3 - (a + 3) * d**2 + 1
+      elif d < 2:
+        w = a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a
+      else:
+        w = 0.0
+      weights[min(max(base + k, 0), n_in - 1), i] += w
+  return weights
+
+
+def resize_bicubic(grid: np.ndarray, size) -> np.ndarray:
+  """A [h, w, D] grid resized bicubically to [size[0], size[1], D], float32."""
+  w_h = _cubic_weights(grid.shape[0], size[0]).astype(np.float32)
+  w_w = _cubic_weights(grid.shape[1], size[1]).astype(np.float32)
   return np.einsum('ai,bj,abd->ijd', w_h, w_w, grid.astype(np.float32))
 
 
