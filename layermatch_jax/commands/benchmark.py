@@ -159,13 +159,20 @@ class StepTimer:
       config, num_classes, image_shape, unlabeled_pool_size=pool_size
     )
     self.state = self.learner.init_state()
-    self.batch = random_batch(
-      config, image_shape, self.learner.num_devices, num_classes, pool_size
+    # On the devices already, as the trainer's prefetch delivers batches.
+    self.batch = parallel.put_sharded(
+      random_batch(
+        config, image_shape, self.learner.num_devices, num_classes, pool_size
+      ),
+      self.learner.devices,
     )
-    self.fn = self.learner.step_fn(grad_norms_by_term=False)
-    lowered = self.fn.lower(self.state, self.batch)
+    lowered = self.learner.step_fn(grad_norms_by_term=False).lower(
+      self.state, self.batch
+    )
     t = time.perf_counter()
-    compiled = lowered.compile()
+    # Timed steps call this executable: calling the pmapped function instead
+    # would compile the step a second time.
+    compiled = self.fn = lowered.compile()
     self.compile_s = time.perf_counter() - t
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
