@@ -14,8 +14,9 @@ seeds 0-2: LayerMatch 0.371, FixMatch 0.368, supervised 0.350. With
 --config.num_train_steps=4000 (10-16 minutes a run): 250 labels LayerMatch
 0.397, FixMatch 0.385, supervised 0.356 (seeds 3-5: 0.389, 0.377, 0.357; 6 min a
 run alone), --config.algorithm=layermatch_adaptive 0.393; 40 labels 0.236,
-0.220, 0.224, adaptive 0.229. Measured with the earlier 2-op RandAugment: 250 labels 0.376, 0.374, 0.349; 40 labels 0.235, 0.228,
-0.224; 4000 steps, 250 labels 0.400, 0.389, 0.356 (BENCHMARKS.md).
+0.220, 0.224, adaptive 0.229. Measured with the earlier 2-op RandAugment: 250
+labels 0.376, 0.374, 0.349; 40 labels 0.235, 0.228, 0.224; 4000 steps, 250
+labels 0.400, 0.389, 0.356 (BENCHMARKS.md).
 """
 
 from configs import folder
