@@ -1,10 +1,14 @@
-"""Two processes x 4 CPU devices (gloo collectives, jax.distributed on localhost)
-train in lockstep and match one process with 8 devices."""
+"""Two processes (gloo collectives, jax.distributed on localhost): 2 x 4 CPU
+devices train in lockstep and match one process with 8 devices; 2 x 2 devices
+stop together on SIGTERM and resume to where an uninterrupted run ends."""
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
+import time
 
 import jax
 import numpy as np
@@ -47,39 +51,52 @@ def _why(stderr: str) -> str:
   return '\n'.join(lines[-30:])[-3000:] or stderr[-3000:]
 
 
-def test_two_processes_match_one_process_with_all_devices(tmp_path):
-  single = cli.run(tmp_path / 'single', *ARGS, devices=8)
-  assert single.returncode == 0, single.stderr[-2000:]
+def _start_two(workdir, tmp_path, tag, *args, devices=2):
+  """Two trainer processes (`devices` each) on localhost.
 
-  workdir = tmp_path / 'multi'
+  Output goes to files: a process blocked on a full pipe that is not being read
+  would hold the other one in a collective.
+  """
   address = f'localhost:{_free_port()}'
-  # Output goes to files: a process blocked on a full pipe that is not being read
-  # would hold the other one in a collective.
-  logs = [(tmp_path / f'stdout{i}', tmp_path / f'stderr{i}') for i in range(2)]
-  procs = []
-  for i, (out, err) in enumerate(logs):
+  procs, logs = [], []
+  for i in range(2):
+    out, err = tmp_path / f'{tag}_stdout{i}', tmp_path / f'{tag}_stderr{i}'
+    logs.append((out, err))
     with open(out, 'w') as out_file, open(err, 'w') as err_file:
       procs.append(
         subprocess.Popen(
           cli.command(
             workdir,
-            *ARGS,
+            *args,
             f'--coordinator_address={address}',
             '--num_processes=2',
             f'--process_id={i}',
           ),
           cwd=cli.ROOT,
-          env=cli.env(devices=4),
+          env=cli.env(devices=devices),
           stdout=out_file,
           stderr=err_file,
         )
       )
+  return procs, logs
+
+
+def _wait_all(procs, timeout=600):
   try:
     for p in procs:
-      p.wait(timeout=600)
+      p.wait(timeout=timeout)
   finally:
     for p in procs:
-      p.kill()  # (No-op for a finished process.)
+      p.kill()
+
+
+def test_two_processes_match_one_process_with_all_devices(tmp_path):
+  single = cli.run(tmp_path / 'single', *ARGS, devices=8)
+  assert single.returncode == 0, single.stderr[-2000:]
+
+  workdir = tmp_path / 'multi'
+  procs, logs = _start_two(workdir, tmp_path, 'multi', *ARGS, devices=4)
+  _wait_all(procs)
   outs = [(out.read_text(), err.read_text()) for out, err in logs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, _why(err)
@@ -121,51 +138,12 @@ def test_two_processes_match_one_process_with_all_devices(tmp_path):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
 
 
-def _start_two(workdir, tmp_path, tag, *args):
-  """Two trainer processes (2 devices each) on localhost; output to files."""
-  address = f'localhost:{_free_port()}'
-  procs, logs = [], []
-  for i in range(2):
-    out, err = tmp_path / f'{tag}_stdout{i}', tmp_path / f'{tag}_stderr{i}'
-    logs.append((out, err))
-    with open(out, 'w') as out_file, open(err, 'w') as err_file:
-      procs.append(
-        subprocess.Popen(
-          cli.command(
-            workdir,
-            *args,
-            f'--coordinator_address={address}',
-            '--num_processes=2',
-            f'--process_id={i}',
-          ),
-          cwd=cli.ROOT,
-          env=cli.env(devices=2),
-          stdout=out_file,
-          stderr=err_file,
-        )
-      )
-  return procs, logs
-
-
-def _wait_all(procs, timeout=600):
-  try:
-    for p in procs:
-      p.wait(timeout=timeout)
-  finally:
-    for p in procs:
-      p.kill()
-
-
 def test_sigterm_to_both_processes_stops_them_after_one_step_and_resumes(
   tmp_path,
 ):
   """Both processes get SIGTERM (a TPU slice's maintenance event): they agree
   on one step, checkpoint after it, exit 143, and the resumed run ends where an
   uninterrupted one does."""
-  import re
-  import signal
-  import time
-
   total = 30
   args = (
     f'--config.num_train_steps={total}',

@@ -83,13 +83,11 @@ from typing import Optional
 import jax
 import numpy as np
 
-from layermatch_jax import cli_util, data, parallel, prefetch, views
+from layermatch_jax import cli_util, data, prefetch
 from layermatch_jax import metrics as metrics_lib
 from layermatch_jax import train as train_lib
-from layermatch_jax import train_step as train_step_lib
 from layermatch_jax.commands import benchmark as step_benchmark
 from layermatch_jax.commands import learning_benchmark
-from layermatch_jax.learner import Learner
 
 PEER = os.path.join(
   cli_util.CHECKOUT, 'benchmarks', 'peers', 'torch_fixmatch_step.py'
@@ -301,94 +299,11 @@ def _median_p90(times):
   )
 
 
-def _memory_mb(compiled) -> Optional[float]:
-  try:
-    m = compiled.memory_analysis()
-  except Exception:  # noqa: BLE001  # Not every backend has it.
-    return None
-  if m is None:
-    return None
-  total = (
-    m.argument_size_in_bytes
-    + m.output_size_in_bytes
-    + m.temp_size_in_bytes
-    - m.alias_size_in_bytes
+def _timer(config, case: Case, use_views: bool = False):
+  shape = (case.image_size, case.image_size, 3)
+  return step_benchmark.StepTimer(
+    config, case.num_classes, shape, 50000, use_views=use_views
   )
-  return total / 2**20
-
-
-def _flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get('flops', float('nan'))) if cost else float('nan')
-
-
-class CompiledStep:
-  """One config's train step, compiled ahead for a batch already on the devices.
-
-  `views=True` compiles the step on ready views (no augmentation inside).
-  """
-
-  def __init__(self, config, case: Case, use_views: bool = False):
-    self.config = config
-    self.learner = Learner(
-      config,
-      case.num_classes,
-      (case.image_size, case.image_size, 3),
-      unlabeled_pool_size=50000,
-    )
-    n = self.learner.num_devices
-    host_batch = step_benchmark.random_batch(
-      config, (case.image_size, case.image_size, 3), n, case.num_classes, 50000
-    )
-    self.batch = parallel.put_sharded(host_batch, self.learner.devices)
-    self.state = self.learner.init_state()
-    sc = self.learner.step_config
-    if use_views:
-      make = jax.pmap(
-        lambda r, s, b: views.make_views(r, s, b, sc), axis_name=parallel.AXIS
-      )
-      self.batch = make(self.state.rng, self.state.step, self.batch)
-      fn = self.learner.pmapped_fn(
-        ('views_step', False),
-        lambda st, v: train_step_lib.train_step(st, v, sc=sc),
-      )
-    else:
-      fn = self.learner.step_fn(grad_norms_by_term=False)
-    lowered = fn.lower(self.state, self.batch)
-    t = time.perf_counter()
-    self.compiled = lowered.compile()
-    self.compile_s = time.perf_counter() - t
-    self.flops = _flops(self.compiled)
-    self.memory_mb = _memory_mb(self.compiled)
-    # Supervised training does not forward the unlabeled batch.
-    forwarded = 0 if config.algorithm == 'supervised' else config.uratio
-    self.images = config.batch_size * (1 + forwarded)
-    self.times = []
-    self.run_one()  # The first execution is not timed.
-    self.times.clear()
-
-  def run_one(self, batch=None):
-    t = time.perf_counter()
-    self.state, metrics = self.compiled(
-      self.state, self.batch if batch is None else batch
-    )
-    jax.block_until_ready(metrics)
-    self.times.append(time.perf_counter() - t)
-
-  def pipelined_ms(self, steps: int, batches=None) -> float:
-    """ms per step over `steps` dispatched back to back (from `batches` if given)."""
-    metrics = None
-    t = time.perf_counter()
-    for _ in range(steps):
-      batch = self.batch if batches is None else next(batches)
-      self.state, metrics = self.compiled(self.state, batch)
-    jax.block_until_ready((self.state, metrics))
-    return (time.perf_counter() - t) / steps * 1e3
-
-
-def _device_memory_mb():
-  return step_benchmark._device_memory_mb()
 
 
 def time_case(case: Case, dtype: str, algorithms, steps: int) -> list:
@@ -397,13 +312,12 @@ def time_case(case: Case, dtype: str, algorithms, steps: int) -> list:
   # most of this benchmark's wall time on an accelerator.
   with futures.ThreadPoolExecutor(len(algorithms)) as pool:
     built = [
-      pool.submit(CompiledStep, case_config(case, dtype, a), case)
-      for a in algorithms
+      pool.submit(_timer, case_config(case, dtype, a), case) for a in algorithms
     ]
     timers = dict(zip(algorithms, (b.result() for b in built)))
   for _ in range(steps):  # Interleaved: a drift in load hits all alike.
     for timer in timers.values():
-      timer.run_one()
+      timer.run()
   kind = jax.devices()[0].device_kind
   peak = peak_tflops(kind, dtype)
   rows = []
@@ -431,7 +345,7 @@ def time_case(case: Case, dtype: str, algorithms, steps: int) -> list:
         peak_tflops=peak,
         mfu=None if peak is None else tflops / peak,
         xla_memory_mb=timer.memory_mb,
-        peak_device_memory_mb=_device_memory_mb(),
+        peak_device_memory_mb=step_benchmark.device_memory_mb(),
       )
     )
   return rows
@@ -486,7 +400,7 @@ def time_input(case: Case, preset: Preset, folder, steps: int) -> dict:
     (case.image_size, case.image_size, 3),
     len(source.train),
   )
-  timer = CompiledStep(config, case)
+  timer = _timer(config, case)
   device_ms = timer.pipelined_ms(steps)
   fed = prefetch.DevicePrefetch(
     data.make_train_iterator(source, split, config, num_devices=n),
@@ -494,9 +408,7 @@ def time_input(case: Case, preset: Preset, folder, steps: int) -> dict:
   )
   timer.pipelined_ms(2, fed)  # The pipeline's threads start.
   fed_ms = timer.pipelined_ms(steps, fed)
-  no_augment = CompiledStep(config, case, use_views=True)
-  for _ in range(steps):
-    no_augment.run_one()
+  no_augment = _timer(config, case, use_views=True)  # Run once already.
   no_augment_ms = no_augment.pipelined_ms(steps)
   return dict(
     case=case.name,
@@ -569,9 +481,9 @@ def time_peer(case: Case, dtypes, steps: int, project_rows) -> dict:
     )
     if ours is None:
       return dict(skipped='FixMatch was not timed (--algorithms)')
-    on_views = CompiledStep(case_config(case, dtype, 'fixmatch'), case, True)
+    on_views = _timer(case_config(case, dtype, 'fixmatch'), case, True)
     for _ in range(steps):
-      on_views.run_one()
+      on_views.run()
     no_augment_ms = _median_p90(on_views.times)[0]
     rows.append(
       dict(

@@ -16,11 +16,13 @@ algorithm its fields, with --compare one object per algorithm keyed by name plus
 "overhead" (second / first step_ms, e.g. layermatch over fixmatch).
 """
 
+import functools
 import json
 import resource
 import statistics
 import sys
 import time
+from typing import Optional
 
 from absl import app
 from absl import flags
@@ -31,6 +33,7 @@ from ml_collections import config_flags
 from layermatch_jax import cli_util
 from layermatch_jax import data, parallel, views
 from layermatch_jax.learner import Learner
+from layermatch_jax import train_step as train_step_lib
 from layermatch_jax.train_step import StepConfig
 
 FLAGS = flags.FLAGS
@@ -54,7 +57,7 @@ def _peak_rss_mb():
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _device_memory_mb():
+def device_memory_mb():
   stats = jax.local_devices()[0].memory_stats() or {}
   peak = stats.get('peak_bytes_in_use')
   return None if peak is None else peak / 2**20
@@ -150,50 +153,102 @@ def time_augment(config, steps, num_classes, image_shape, pool_size):
   )
 
 
-class StepTimer:
-  """One algorithm's compiled step, timed one step at a time (for interleaving)."""
+def _xla_memory_mb(compiled) -> Optional[float]:
+  """Arguments + outputs + temporaries - aliased, from XLA's memory analysis."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # noqa: BLE001  # Not every backend has it.
+    return None
+  if m is None:
+    return None
+  total = (
+    m.argument_size_in_bytes
+    + m.output_size_in_bytes
+    + m.temp_size_in_bytes
+    - m.alias_size_in_bytes
+  )
+  return total / 2**20
 
-  def __init__(self, config, num_classes, image_shape, pool_size):
+
+def _xla_flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get('flops', float('nan'))) if cost else float('nan')
+
+
+class StepTimer:
+  """One config's train step, compiled ahead for a batch already on the devices
+  (as the trainer's prefetch delivers them) and timed one call at a time, so
+  that several can be interleaved.
+
+  `use_views=True` times the step on ready views (no augmentation inside).
+  """
+
+  def __init__(
+    self, config, num_classes, image_shape, pool_size, use_views=False
+  ):
     self.config = config
     self.learner = Learner(
       config, num_classes, image_shape, unlabeled_pool_size=pool_size
     )
     self.state = self.learner.init_state()
-    # On the devices already, as the trainer's prefetch delivers batches.
     self.batch = parallel.put_sharded(
       random_batch(
         config, image_shape, self.learner.num_devices, num_classes, pool_size
       ),
       self.learner.devices,
     )
-    lowered = self.learner.step_fn(grad_norms_by_term=False).lower(
-      self.state, self.batch
-    )
+    sc = self.learner.step_config
+    if use_views:
+      make = jax.pmap(
+        lambda r, s, b: views.make_views(r, s, b, sc), axis_name=sc.axis_name
+      )
+      self.batch = make(self.state.rng, self.state.step, self.batch)
+      fn = self.learner.pmapped_fn(
+        ('views_step', False),
+        functools.partial(train_step_lib.train_step, sc=sc),
+      )
+    else:
+      fn = self.learner.step_fn(grad_norms_by_term=False)
+    lowered = fn.lower(self.state, self.batch)
     t = time.perf_counter()
     # Timed steps call this executable: calling the pmapped function instead
     # would compile the step a second time.
-    compiled = self.fn = lowered.compile()
+    self.compiled = lowered.compile()
     self.compile_s = time.perf_counter() - t
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    self.flops = (
-      float(cost.get('flops', float('nan'))) if cost else float('nan')
-    )
+    self.flops = _xla_flops(self.compiled)
+    self.memory_mb = _xla_memory_mb(self.compiled)
+    # Supervised training does not forward the unlabeled batch.
+    forwarded = 0 if config.algorithm == 'supervised' else config.uratio
+    self.images = config.batch_size * (1 + forwarded)
     self.times = []
-    self.run()  # warm-up: first execution
+    self.run()  # The first execution is not timed.
     self.times.clear()
 
-  def run(self):
+  def run(self, batch=None):
+    """One step, waited for; its seconds are appended to `times`."""
     t = time.perf_counter()
-    self.state, metrics = self.fn(self.state, self.batch)
+    self.state, metrics = self.compiled(
+      self.state, self.batch if batch is None else batch
+    )
     jax.block_until_ready(metrics)
     self.times.append(time.perf_counter() - t)
 
+  def pipelined_ms(self, steps: int, batches=None) -> float:
+    """ms per step over `steps` dispatched back to back (from `batches` if
+    given), one wait at the end: the training loop's rate."""
+    metrics = None
+    t = time.perf_counter()
+    for _ in range(steps):
+      batch = self.batch if batches is None else next(batches)
+      self.state, metrics = self.compiled(self.state, batch)
+    jax.block_until_ready((self.state, metrics))
+    return (time.perf_counter() - t) / steps * 1e3
+
   def result(self):
     ms = statistics.median(self.times) * 1e3
-    images = self.config.batch_size * (1 + self.config.uratio)
     return dict(
-      img_per_sec=images / (ms / 1e3),
+      img_per_sec=self.images / (ms / 1e3),
       step_ms=ms,
       compile_s=self.compile_s,
       flops_per_step=self.flops,
@@ -201,7 +256,7 @@ class StepTimer:
       num_devices=self.learner.num_devices,
       dtype=self.config.model.dtype,
       peak_host_rss_mb=_peak_rss_mb(),
-      peak_device_memory_mb=_device_memory_mb(),
+      peak_device_memory_mb=device_memory_mb(),
     )
 
 
